@@ -1,0 +1,289 @@
+"""The ``charter`` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from charter.catalog import PROJECT_FILE, Project, load_project
+from charter.errors import CatalogError, CharterError
+
+if TYPE_CHECKING:
+    from charter.runtime import Hub
+
+app = typer.Typer(
+    name="charter",
+    help="Charter: an ownership-driven integration hub.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema: upgrade and status.", no_args_is_help=True)
+sim_app = typer.Typer(help="Simulated business systems for demos and tests.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(sim_app, name="sim")
+
+out = Console()
+err = Console(stderr=True)
+
+ProjectOption = Annotated[
+    Path,
+    typer.Option("--project", "-p", envvar="CHARTER_PROJECT", help="The project folder."),
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--database", envvar="CHARTER_DATABASE_URL", help="Database URL."),
+]
+HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
+PortOption = Annotated[int, typer.Option(help="Port to listen on.")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load(project: Path) -> Project:
+    try:
+        return load_project(project)
+    except CatalogError as exc:
+        for problem in exc.problems:
+            err.print(str(problem), highlight=False, soft_wrap=True, markup=False)
+        raise fail(f"{len(exc.problems)} problem(s) in {project}") from exc
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+) -> None:
+    """Create a working example project (CRM to ERP) in DIRECTORY."""
+    if (directory / PROJECT_FILE).exists():
+        raise fail(f"{directory / PROJECT_FILE} already exists; choose an empty folder")
+    template = resources.files("charter") / "templates" / "starter"
+    with resources.as_file(template) as source:
+        shutil.copytree(source, directory, dirs_exist_ok=True)
+    project = _load(directory)
+    out.print(
+        f"Created project [bold]{project.name}[/] in {directory}: "
+        f"{len(project.systems)} systems, {len(project.integrations)} integration(s).\n"
+        f"Next: [bold]charter validate -p {directory}[/], then [bold]charter up -p {directory}[/]."
+    )
+
+
+@app.command()
+def validate(project: ProjectOption = Path(".")) -> None:
+    """Check the project folder; report every problem with file, line and fix."""
+    loaded = _load(project)
+    table = Table(title=f"Project {loaded.name} is valid", title_justify="left")
+    for column in ("integration", "owner", "tier", "timeliness", "source", "targets", "SLO"):
+        table.add_column(column)
+    for i in loaded.integrations.values():
+        table.add_row(
+            i.name,
+            i.owner,
+            i.tier.value,
+            i.timeliness.value,
+            f"{i.source.system}/{i.source.event}",
+            ", ".join(t.system for t in i.targets),
+            f"{i.slo.objective}% within {i.slo.latency:g}s",
+        )
+    out.print(table)
+    out.print(
+        f"{len(loaded.teams)} teams, {len(loaded.systems)} systems, {len(loaded.entities)} "
+        f"entities, {len(loaded.mappings)} mappings, {len(loaded.integrations)} integrations"
+    )
+
+
+def _open_hub(project: Path, database: str | None, migrate: bool = True) -> Hub:
+    from charter.runtime import Hub
+
+    _load(project)
+    try:
+        return Hub.open(project, database=database, migrate=migrate)
+    except CharterError as exc:
+        raise fail(str(exc)) from exc
+
+
+@app.command()
+def up(
+    project: ProjectOption = Path("."),
+    database: DatabaseOption = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8400,
+) -> None:
+    """Run the API and a delivery worker in one process (the embedded default)."""
+    from charter.serve import serve
+
+    hub = _open_hub(project, database)
+    err.print(f"charter: project {hub.project.name} on http://{host}:{port} ({_where(hub.url)})")
+    try:
+        serve(hub, host=host, port=port, with_worker=True)
+    finally:
+        hub.close()
+
+
+@app.command()
+def server(
+    project: ProjectOption = Path("."),
+    database: DatabaseOption = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8400,
+) -> None:
+    """Run the API only; run workers with 'charter worker' (PostgreSQL)."""
+    from charter.serve import serve
+
+    hub = _open_hub(project, database)
+    err.print(f"charter server: project {hub.project.name} on http://{host}:{port}")
+    try:
+        serve(hub, host=host, port=port, with_worker=False)
+    finally:
+        hub.close()
+
+
+@app.command()
+def worker(
+    project: ProjectOption = Path("."),
+    database: DatabaseOption = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Calls in flight.")] = 64,
+) -> None:
+    """Run a delivery worker; start as many as you like against PostgreSQL."""
+    from charter.delivery import WorkerSettings
+    from charter.serve import run_worker
+
+    hub = _open_hub(project, database)
+    err.print(f"charter worker: project {hub.project.name} ({_where(hub.url)})")
+    try:
+        run_worker(hub, WorkerSettings(concurrency=concurrency))
+    finally:
+        hub.close()
+
+
+def _where(url: str) -> str:
+    return url.split("@")[-1] if "@" in url else url
+
+
+@db_app.command("upgrade")
+def db_upgrade(project: ProjectOption = Path("."), database: DatabaseOption = None) -> None:
+    """Apply pending migrations."""
+    from charter.store import current_revision
+
+    hub = _open_hub(project, database, migrate=True)
+    out.print(f"database at revision {current_revision(hub.store.engine)} ({_where(hub.url)})")
+    hub.close()
+
+
+@db_app.command("status")
+def db_status(project: ProjectOption = Path("."), database: DatabaseOption = None) -> None:
+    """Show the database revision and delivery counts."""
+    from charter.runtime import database_url
+    from charter.store import SqlStore, current_revision, head_revision
+
+    loaded = _load(project)
+    store = SqlStore.from_url(database_url(loaded, database))
+    current, head = current_revision(store.engine), head_revision()
+    out.print(
+        f"revision {current} (head {head})"
+        + ("" if current == head else " - run 'charter db upgrade'")
+    )
+    if current == head:
+        counts = store.delivery_counts()
+        out.print(
+            f"{counts.received} events, {counts.delivered} delivered, {counts.pending} pending, "
+            f"{counts.dead} dead-lettered"
+        )
+    store.close()
+
+
+@app.command()
+def deliveries(
+    project: ProjectOption = Path("."),
+    database: DatabaseOption = None,
+    status: Annotated[str | None, typer.Option(help="pending, delivered or dead")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+) -> None:
+    """List recent deliveries, newest first."""
+    from charter.store import DeliveryStatus
+
+    try:
+        wanted = DeliveryStatus(status) if status else None
+    except ValueError as exc:
+        raise fail(f"unknown status {status!r}; use pending, delivered or dead") from exc
+    hub = _open_hub(project, database)
+    rows = hub.store.list_deliveries(wanted, None, limit)
+    table = Table(title=f"{len(rows)} deliveries", title_justify="left")
+    for column in (
+        "id",
+        "integration",
+        "target",
+        "status",
+        "attempts",
+        "last status",
+        "last error",
+    ):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["integration"],
+            r["target"],
+            r["status"],
+            str(r["attempts"]),
+            str(r["last_status"] or ""),
+            (r["last_error"] or "")[:80],
+        )
+    out.print(table)
+    hub.close()
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(min=10, max=100_000, help="CRM deals to push.")] = 3000,
+    serve_after: Annotated[
+        bool, typer.Option("--serve", help="Keep everything running after the run.")
+    ] = False,
+    outage: Annotated[float, typer.Option(min=0, help="Seconds the ERP is down.")] = 4.0,
+) -> None:
+    """Run the order-to-cash demo: CRM deals through the hub to the ERP, with an ERP outage."""
+    from charter.demo import run_demo
+
+    raise typer.Exit(run_demo(out, events=events, outage_seconds=outage, keep_serving=serve_after))
+
+
+@sim_app.command("run")
+def sim_run(
+    name: Annotated[str, typer.Argument(help="crm, erp or noop")],
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8102,
+    hub: Annotated[str | None, typer.Option(help="Hub URL the CRM pushes to.")] = None,
+    seed: int = 7,
+) -> None:
+    """Serve one simulated system."""
+    from charter.sim import run_sim
+
+    if name not in ("crm", "erp", "noop"):
+        raise fail(f"unknown simulated system {name!r}; use crm, erp or noop")
+    run_sim(name, host=host, port=port, hub_url=hub, seed=seed)
+
+
+def main() -> None:
+    """Entry point of the ``charter`` script."""
+    try:
+        app()
+    except CharterError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

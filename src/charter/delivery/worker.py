@@ -1,0 +1,219 @@
+"""The delivery worker: claim due deliveries, map, call the target, record what happened.
+
+Claims are leased; results are recorded in batches. A worker that stops
+finishes what it has in flight (up to a grace period) and releases the rest,
+so nothing waits for a lease to expire after a clean shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from charter.catalog import Integration, Project, RetryPolicy
+from charter.connectors import Connector, HttpConnector, TargetRequest
+from charter.delivery.retry import decide
+from charter.errors import CharterError, ConnectorError, MappingError, NotFound
+from charter.hub.routing import Router
+from charter.store import AttemptResult, ClaimedDelivery, Outcome, Store
+
+log = logging.getLogger("charter.delivery")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int = 64
+    batch_size: int = 200
+    lease_seconds: float = 60.0
+    idle_poll: float = 0.05
+    flush_interval: float = 0.01
+    grace_seconds: float = 10.0
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def connectors_for(project: Project) -> dict[str, Connector]:
+    """One HTTP connector per system that has connector settings."""
+    return {
+        name: HttpConnector(name, system.connector)
+        for name, system in project.systems.items()
+        if system.connector is not None
+    }
+
+
+class DeliveryWorker:
+    """Runs deliveries until stopped. One per process is enough; it is concurrent inside."""
+
+    def __init__(
+        self,
+        router: Router,
+        store: Store,
+        connectors: Mapping[str, Connector],
+        settings: WorkerSettings | None = None,
+        *,
+        name: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.router = router
+        self.store = store
+        self.connectors = connectors
+        self.settings = settings or WorkerSettings()
+        self.name = name or worker_id()
+        self.rng = rng or random.Random()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._results: list[AttemptResult] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self.delivered = 0
+
+    def wake(self) -> None:
+        """Look for due work now (called after an ingest in the same process)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        recorder = asyncio.create_task(self._record_loop())
+        try:
+            await self._claim_loop()
+        finally:
+            await self._drain()
+            self._stopping.set()
+            await recorder
+            await self._flush()
+            released = await asyncio.to_thread(self.store.release_leases, self.name)
+            if released:
+                log.info("released %d leases on shutdown", released)
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.settings.concurrency - len(self._in_flight)
+            if free <= 0:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            claimed = await asyncio.to_thread(
+                self.store.claim_due_deliveries,
+                self.name,
+                min(free, self.settings.batch_size),
+                self.settings.lease_seconds,
+            )
+            for delivery in claimed:
+                task = asyncio.create_task(self._deliver(delivery))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            if not claimed:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.settings.idle_poll)
+                except TimeoutError:
+                    pass
+
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        _done, pending = await asyncio.wait(self._in_flight, timeout=self.settings.grace_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _record_loop(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.settings.flush_interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._results:
+            return
+        results, self._results = self._results, []
+        await asyncio.to_thread(self.store.record_attempts, self.name, results)
+
+    async def _deliver(self, delivery: ClaimedDelivery) -> None:
+        async with self._slots:
+            started = time.time()
+            clock = time.perf_counter()
+            status_code: int | None = None
+            error: CharterError | None = None
+            try:
+                integration = self._integration(delivery)
+                response = await self.connectors[delivery.target].call(
+                    self._request(delivery, integration)
+                )
+                status_code = response.status_code
+            except asyncio.CancelledError:
+                self._results.append(
+                    AttemptResult(delivery.id, Outcome.RELEASED, started, 0.0, error="stopped")
+                )
+                raise
+            except ConnectorError as exc:
+                error, status_code = exc, exc.status_code
+            except (MappingError, NotFound) as exc:
+                error = exc
+            latency_ms = (time.perf_counter() - clock) * 1000
+            known = self.router.project.integrations.get(delivery.integration)
+            policy = known.retry if known is not None else RetryPolicy()
+            decision = decide(policy, delivery.attempts + 1, error, self.rng)
+            if decision.outcome is Outcome.DELIVERED:
+                self.delivered += 1
+            self._results.append(
+                AttemptResult(
+                    delivery_id=delivery.id,
+                    outcome=decision.outcome,
+                    started_at=started,
+                    latency_ms=latency_ms,
+                    status_code=status_code,
+                    error=decision.reason,
+                    next_attempt_at=time.time() + decision.delay
+                    if decision.outcome is Outcome.RETRY
+                    else None,
+                )
+            )
+
+    def _integration(self, delivery: ClaimedDelivery) -> Integration:
+        integration = self.router.project.integrations.get(delivery.integration)
+        if integration is None or delivery.target not in self.connectors:
+            raise NotFound(
+                f"delivery {delivery.id} belongs to integration {delivery.integration!r} and "
+                f"target {delivery.target!r}, which the project no longer routes",
+                fix="restore the integration or its target, then redrive the delivery",
+            )
+        return integration
+
+    def _request(self, delivery: ClaimedDelivery, integration: Integration) -> TargetRequest:
+        mapping = self.router.mappings.get(delivery.mapping)
+        target = next((t for t in integration.targets if t.system == delivery.target), None)
+        if mapping is None or target is None:
+            raise NotFound(
+                f"mapping {delivery.mapping} to {delivery.target!r} of delivery {delivery.id} "
+                "is no longer in the project",
+                fix="restore that mapping version, then redrive the delivery",
+            )
+        body = orjson.dumps(mapping.apply(orjson.loads(delivery.payload)))
+        return TargetRequest(
+            method=target.action.method,
+            path=target.action.path,
+            body=body,
+            idempotency_key=delivery.idempotency_key,
+            headers={
+                "x-charter-event-id": delivery.event_id,
+                "x-charter-integration": delivery.integration,
+            },
+        )
+
+    async def aclose(self) -> None:
+        for connector in self.connectors.values():
+            await connector.aclose()

@@ -1,0 +1,116 @@
+"""The ingest service: what the API (and anything else that takes events) calls."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from charter.errors import BadRequest, IdempotencyKeyInFlight, IdempotencyKeyReused
+from charter.hub.parsing import IngestLimits, parse_body
+from charter.hub.routing import Router
+from charter.store import IdempotencyRecord, IngestBatch, Store
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+@dataclass(frozen=True)
+class IngestAnswer:
+    """The answer to an ingest request: status code and JSON body."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+class IngestService:
+    """Takes a request's events into the log, durably, exactly once per event.
+
+    Contract: returns only after the events and their deliveries are committed;
+    a refused request stores nothing. The same ``Idempotency-Key`` with the same
+    body gets the first answer again; with another body it is refused (422);
+    while the first request is still being processed, the second gets 409.
+    """
+
+    def __init__(self, router: Router, store: Store, limits: IngestLimits | None = None) -> None:
+        self.router = router
+        self.store = store
+        self.limits = limits or IngestLimits()
+        self._in_flight: set[tuple[str, str]] = set()
+        self._in_flight_lock = threading.Lock()
+
+    @contextmanager
+    def _claim_key(self, system: str, key: str) -> Iterator[None]:
+        with self._in_flight_lock:
+            if (system, key) in self._in_flight:
+                raise IdempotencyKeyInFlight(
+                    f"a request with Idempotency-Key {key!r} is still being processed",
+                    fix="wait for its answer, then retry with the same key",
+                )
+            self._in_flight.add((system, key))
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard((system, key))
+
+    def ingest(
+        self,
+        system: str,
+        body: bytes,
+        content_type: str | None,
+        idempotency_key: str | None = None,
+    ) -> IngestAnswer:
+        self.router.check_system(system)
+        if idempotency_key is None:
+            return self._ingest(system, body, content_type, None)
+        if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise BadRequest(
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                fix="send a UUID as the key",
+            )
+        request_hash = hashlib.sha256(body).hexdigest()
+        with self._claim_key(system, idempotency_key):
+            record = self.store.find_idempotency_record(system, idempotency_key)
+            if record is not None:
+                if record.request_hash != request_hash:
+                    raise IdempotencyKeyReused(
+                        f"Idempotency-Key {idempotency_key!r} was used with another body",
+                        fix="use a new key for a new request",
+                    )
+                return IngestAnswer(record.status_code, orjson.loads(record.response), True)
+            return self._ingest(system, body, content_type, (idempotency_key, request_hash))
+
+    def _ingest(
+        self,
+        system: str,
+        body: bytes,
+        content_type: str | None,
+        idempotency: tuple[str, str] | None,
+    ) -> IngestAnswer:
+        events = parse_body(body, content_type, self.limits)
+        batch = body.lstrip()[:1] == b"["
+        prepared = self.router.prepare(system, events, batch)
+        answer = {
+            "accepted": len(prepared),
+            "ids": [e.id for e in prepared],
+        }
+        record = None
+        if idempotency is not None:
+            record = IdempotencyRecord(
+                system=system,
+                key=idempotency[0],
+                request_hash=idempotency[1],
+                status_code=202,
+                response=orjson.dumps(answer).decode(),
+            )
+        # Events already in the log (a client's retry) are acknowledged again with
+        # the same ids and stored once; the answer does not tell them apart, so a
+        # replayed answer is identical to the first.
+        self.store.append([IngestBatch(prepared, record)])
+        return IngestAnswer(202, answer)

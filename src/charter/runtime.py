@@ -1,0 +1,66 @@
+"""Assemble a running hub from a project folder: settings, store, router, services."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from charter.catalog import Project, load_project
+from charter.errors import SchemaOutOfDate
+from charter.hub import IngestLimits, IngestService, Router
+from charter.store import SqlStore, current_revision, head_revision, upgrade
+
+DATABASE_ENV = "CHARTER_DATABASE_URL"
+STATE_DIR = ".charter"
+
+
+def database_url(project: Project, override: str | None = None) -> str:
+    """The database: explicit, ``CHARTER_DATABASE_URL``, the project's, or SQLite in it."""
+    if override:
+        return override
+    if os.environ.get(DATABASE_ENV):
+        return os.environ[DATABASE_ENV]
+    if project.settings.database_url:
+        return project.settings.database_url
+    state = project.root / STATE_DIR
+    state.mkdir(exist_ok=True)
+    return f"sqlite:///{(state / 'charter.db').resolve()}"
+
+
+@dataclass
+class Hub:
+    """Everything a Charter process needs, built once and passed down (no globals)."""
+
+    project: Project
+    store: SqlStore
+    router: Router
+    ingest: IngestService
+    url: str = field(default="")
+
+    @classmethod
+    def open(
+        cls,
+        project_dir: Path | str,
+        *,
+        database: str | None = None,
+        migrate: bool = True,
+        limits: IngestLimits | None = None,
+    ) -> Hub:
+        project = load_project(project_dir)
+        url = database_url(project, database)
+        store = SqlStore.from_url(url)
+        if migrate:
+            upgrade(store.engine)
+        elif current_revision(store.engine) != head_revision():
+            store.close()
+            raise SchemaOutOfDate(
+                f"the database at {url.split('@')[-1]} is at revision "
+                f"{current_revision(store.engine)!r}, not {head_revision()!r}",
+                fix="run 'charter db upgrade'",
+            )
+        router = Router(project)
+        return cls(project, store, router, IngestService(router, store, limits), url)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,86 @@
+"""Run Charter processes: the API with or without an in-process worker, or a worker alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+
+from charter.api import create_app
+from charter.delivery import DeliveryWorker, WorkerSettings, connectors_for
+from charter.runtime import Hub
+
+log = logging.getLogger("charter")
+
+
+def build_worker(hub: Hub, settings: WorkerSettings | None = None) -> DeliveryWorker:
+    return DeliveryWorker(hub.router, hub.store, connectors_for(hub.project), settings)
+
+
+def serve(
+    hub: Hub,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8400,
+    with_worker: bool = True,
+    worker_settings: WorkerSettings | None = None,
+) -> None:
+    """Serve the API until SIGTERM or SIGINT; with ``with_worker``, deliver in the same process.
+
+    On shutdown the server stops taking requests, answers those in flight, then
+    the worker finishes its in-flight calls and releases its remaining leases.
+    """
+    worker = build_worker(hub, worker_settings) if with_worker else None
+    if worker is not None and not hub.store.is_postgres:
+        # Embedded mode: this process is the only one using the file, so any lease
+        # left in it belongs to a process that died; do not wait for it to expire.
+        released = hub.store.release_leases(None)
+        if released:
+            log.warning("released %d leases left by a previous process", released)
+
+    async def start_worker() -> Callable[[], Awaitable[None]]:
+        assert worker is not None
+        task = asyncio.create_task(worker.run(), name="delivery-worker")
+
+        async def stop() -> None:
+            worker.stop()
+            await task
+            await worker.aclose()
+
+        return stop
+
+    app = create_app(
+        hub,
+        on_ingest=worker.wake if worker else None,
+        lifespan_tasks=[start_worker] if worker else [],
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=15,
+    )
+    uvicorn.Server(config).run()
+
+
+def run_worker(hub: Hub, settings: WorkerSettings | None = None) -> None:
+    """Deliver until SIGTERM or SIGINT, then shut down gracefully."""
+    worker = build_worker(hub, settings)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        try:
+            await worker.run()
+        finally:
+            await worker.aclose()
+
+    asyncio.run(main())

@@ -1,0 +1,313 @@
+"""A simulated CRM: a source system that pushes closed deals to the hub as CloudEvents webhooks.
+
+Delivery contract, as a well-behaved webhook sender keeps it: every batch is sent
+with its own Idempotency-Key and retried with that same key and the same bytes
+until the hub acknowledges it (2xx) or refuses it for good (a 4xx other than
+408, 409 and 429). A batch is never dropped; a refused batch is counted as
+rejected, with the hub's problem ``detail`` kept in ``last_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from charter.sim._deals import DealFactory, deal_closed_event, rfc3339_now
+from charter.sim._http import (
+    BodyError,
+    JSONAnswer,
+    Option,
+    http_error,
+    is_integer,
+    is_number,
+    parse_options,
+    problem,
+    read_json,
+)
+
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+DEFAULT_BATCH_SIZE = 50
+# Statuses after which the hub may accept the same batch later: it was busy,
+# still processing the key, or down. Every other 4xx is a final refusal.
+RETRYABLE_4XX = frozenset({408, 409, 429})
+
+GENERATE_OPTIONS = {
+    "count": Option(lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
+    "batch_size": Option(lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
+    "rate_per_s": Option(lambda v: v is None or (is_number(v) and v > 0), "null or a number > 0"),
+    "run": Option(lambda v: v is None or (isinstance(v, str) and v != ""), "a non-empty string"),
+}
+FAULT_OPTIONS = {"paused": Option(lambda v: isinstance(v, bool), "true or false")}
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait according to a Retry-After header (delay-seconds or HTTP-date)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def problem_detail(response: httpx.Response) -> str:
+    """The ``detail`` of a problem+json answer, or the start of whatever else came back."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    return response.text[:200] or f"HTTP {response.status_code}"
+
+
+@dataclass
+class _Counters:
+    requested: int = 0
+    generated: int = 0
+    sent: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    retries: int = 0
+    last_error: str | None = None
+
+
+class _Crm:
+    def __init__(
+        self,
+        hub_url: str | None,
+        *,
+        seed: int,
+        max_in_flight: int,
+        transport: httpx.AsyncBaseTransport | None,
+        timeout_s: float,
+        retry_base_s: float,
+        retry_max_s: float,
+    ) -> None:
+        self._events_url = f"{hub_url.rstrip('/')}/v1/systems/crm/events" if hub_url else None
+        self._client = httpx.AsyncClient(transport=transport, timeout=timeout_s)
+        self._factory = DealFactory(seed)
+        self._deals: dict[str, dict[str, Any]] = {}
+        self._deal_count = 0
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._runs: set[asyncio.Task[None]] = set()
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self.counters = _Counters()
+
+    async def close(self) -> None:
+        """Stop pushing and release the HTTP client; unacknowledged batches stay pending."""
+        for task in self._runs:
+            task.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
+        await self._client.aclose()
+
+    # -- pushing ------------------------------------------------------------------
+
+    def _start_run(self, run: str, count: int, batch_size: int, rate_per_s: float | None) -> None:
+        self.counters.requested += count
+        task = asyncio.create_task(self._push_run(run, count, batch_size, rate_per_s))
+        self._runs.add(task)
+        task.add_done_callback(self._run_finished)
+
+    def _run_finished(self, task: asyncio.Task[None]) -> None:
+        self._runs.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.counters.last_error = f"a run stopped: {exc!r}"
+
+    async def _push_run(
+        self, run: str, count: int, batch_size: int, rate_per_s: float | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.TaskGroup() as batches:
+            for first in range(0, count, batch_size):
+                if rate_per_s is not None:
+                    await asyncio.sleep(max(0.0, started + first / rate_per_s - loop.time()))
+                await self._resumed.wait()
+                events = self._new_batch(run, first, min(count, first + batch_size))
+                await self._slots.acquire()
+                batches.create_task(self._deliver(events))
+
+    def _new_batch(self, run: str, first: int, end: int) -> list[dict[str, Any]]:
+        now = rfc3339_now()
+        events = []
+        for n in range(first + 1, end + 1):
+            self._deal_count += 1
+            deal = self._factory.deal(self._deal_count, now)
+            self._deals[deal["id"]] = deal
+            events.append(deal_closed_event(run, n, deal, now))
+        self.counters.generated += len(events)
+        return events
+
+    async def _deliver(self, events: list[dict[str, Any]]) -> None:
+        """Send one batch until the hub acknowledges or refuses it; holds one in-flight slot."""
+        assert self._events_url is not None
+        counters = self.counters
+        try:
+            content = orjson.dumps(events)
+            headers = {"content-type": BATCH_CONTENT_TYPE, "idempotency-key": str(uuid.uuid4())}
+            counters.sent += len(events)
+            backoff = self._retry_base_s
+            while True:
+                await self._resumed.wait()
+                try:
+                    response = await self._client.post(
+                        self._events_url, content=content, headers=headers
+                    )
+                except httpx.HTTPError as exc:
+                    # The batch may or may not have landed; the same key makes resending safe.
+                    counters.last_error = f"hub not reached: {exc!r}"
+                    wait = backoff
+                else:
+                    if response.is_success:
+                        counters.acknowledged += len(events)
+                        return
+                    detail = problem_detail(response)
+                    status = response.status_code
+                    if status < 500 and status not in RETRYABLE_4XX:
+                        counters.rejected += len(events)
+                        counters.last_error = detail
+                        return
+                    counters.last_error = f"hub answered {status}: {detail}"
+                    hinted = retry_after_seconds(response.headers.get("retry-after"))
+                    wait = backoff if hinted is None else hinted
+                counters.retries += 1
+                await asyncio.sleep(wait)
+                backoff = min(backoff * 2, self._retry_max_s)
+        finally:
+            self._slots.release()
+
+    # -- endpoints ------------------------------------------------------------------
+
+    async def generate(self, request: Request) -> Response:
+        if self._events_url is None:
+            return problem(
+                409, "no-hub", "No hub configured", "start the CRM with a hub URL to push events"
+            )
+        try:
+            options = parse_options(read_json(await request.body()), GENERATE_OPTIONS)
+            if "count" not in options:
+                raise BodyError("'count' is required")
+        except BodyError as exc:
+            return problem(422, "invalid-generate", "Invalid generate request", str(exc))
+        run = options.get("run") or uuid.uuid4().hex[:8]
+        batch_size = options.get("batch_size") or DEFAULT_BATCH_SIZE
+        self._start_run(run, options["count"], batch_size, options.get("rate_per_s"))
+        return JSONAnswer({"run": run, "count": options["count"]}, status_code=202)
+
+    async def report(self, request: Request) -> Response:
+        counters = self.counters
+        return JSONAnswer(
+            {
+                **asdict(counters),
+                "pending": counters.generated - counters.acknowledged - counters.rejected,
+                "running": bool(self._runs),
+            }
+        )
+
+    async def get_deal(self, request: Request) -> Response:
+        deal = self._deals.get(request.path_params["id"])
+        if deal is None:
+            return problem(
+                404, "deal-not-found", "No such deal", f"no deal {request.path_params['id']!r}"
+            )
+        return JSONAnswer(deal)
+
+    def _faults(self) -> dict[str, bool]:
+        return {"paused": not self._resumed.is_set()}
+
+    async def get_fault(self, request: Request) -> Response:
+        return JSONAnswer(self._faults())
+
+    async def set_fault(self, request: Request) -> Response:
+        try:
+            changes = parse_options(read_json(await request.body()), FAULT_OPTIONS)
+        except BodyError as exc:
+            return problem(422, "invalid-fault", "Invalid fault", str(exc))
+        if changes.get("paused") is True:
+            self._resumed.clear()
+        elif changes.get("paused") is False:
+            self._resumed.set()
+        return JSONAnswer(self._faults())
+
+    async def clear_fault(self, request: Request) -> Response:
+        self._resumed.set()
+        return JSONAnswer(self._faults())
+
+
+def create_crm_app(
+    hub_url: str | None,
+    *,
+    seed: int = 7,
+    max_in_flight: int = 4,
+    transport: httpx.AsyncBaseTransport | None = None,
+    timeout_s: float = 10.0,
+    retry_base_s: float = 0.1,
+    retry_max_s: float = 2.0,
+) -> Starlette:
+    """Build a simulated CRM that pushes ``deal.closed`` CloudEvents to ``{hub_url}``.
+
+    ``POST /admin/generate`` starts a background run; batches go to
+    ``{hub_url}/v1/systems/crm/events``, at most ``max_in_flight`` at a time
+    across all runs, retried after ``retry_base_s`` doubling up to
+    ``retry_max_s`` (or the hub's Retry-After). ``transport`` replaces the
+    network, for tests. Deals are the same for the same ``seed``. Runs are
+    cancelled at shutdown; what was not acknowledged by then is not resent.
+    """
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    crm = _Crm(
+        hub_url,
+        seed=seed,
+        max_in_flight=max_in_flight,
+        transport=transport,
+        timeout_s=timeout_s,
+        retry_base_s=retry_base_s,
+        retry_max_s=retry_max_s,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await crm.close()
+
+    return Starlette(
+        routes=[
+            Route("/admin/generate", crm.generate, methods=["POST"]),
+            Route("/admin/report", crm.report, methods=["GET"]),
+            Route("/admin/fault", crm.get_fault, methods=["GET"]),
+            Route("/admin/fault", crm.set_fault, methods=["POST"]),
+            Route("/admin/fault", crm.clear_fault, methods=["DELETE"]),
+            Route("/deals/{id}", crm.get_deal, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,1 @@
+"""Alembic migrations of Charter's store."""

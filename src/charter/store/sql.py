@@ -1,0 +1,410 @@
+"""The SQLAlchemy 2 Core implementation of :class:`Store` for SQLite and PostgreSQL.
+
+The dialect comes from the URL. SQLite runs in WAL mode with ``synchronous=FULL``
+and write transactions that start with ``BEGIN IMMEDIATE``; one process owns
+the file. PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` and reads lease
+time from the database clock, so any number of processes on any hosts can share it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    case,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+
+from charter.errors import StoreError
+from charter.store.protocol import (
+    AttemptResult,
+    ClaimedDelivery,
+    DeliveryCounts,
+    DeliveryStatus,
+    IdempotencyRecord,
+    IngestBatch,
+    IngestResult,
+    NewEvent,
+    Outcome,
+)
+from charter.store.schema import attempts, deliveries, events, idempotency_keys
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for ``url`` with Charter's durability settings."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control from pysqlite so BEGIN IMMEDIATE can be issued.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql+"):
+        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    raise StoreError(
+        f"unsupported database URL {url.split('://')[0]!r}",
+        fix="use sqlite:///path/to/charter.db or postgresql://user@host/db",
+    )
+
+
+def _row(mapping: Any) -> dict[str, Any]:
+    return dict(mapping)
+
+
+class SqlStore:
+    """:class:`Store` on SQLite or PostgreSQL."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+        # SQLite has one writer; queueing writers in-process avoids busy-wait storms.
+        self._write_lock = threading.Lock() if not self.is_postgres else None
+
+    @classmethod
+    def from_url(cls, url: str) -> SqlStore:
+        return cls(create_store_engine(url))
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            if self._write_lock is None:
+                with self.engine.begin() as conn:
+                    yield conn
+            else:
+                with self._write_lock, self.engine.begin() as conn:
+                    yield conn
+        except OperationalError as exc:
+            raise StoreError(
+                f"the database refused a write: {exc.orig}",
+                fix="check that the database is up and migrated ('charter db upgrade')",
+            ) from exc
+
+    def _now(self, conn: Connection) -> float:
+        if self.is_postgres:
+            return float(
+                conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one()
+            )
+        return time.time()
+
+    def _insert_ignore(self, table: Any) -> Any:
+        if self.is_postgres:
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    # ingest
+
+    def append(self, batches: list[IngestBatch]) -> list[IngestResult]:
+        results: list[IngestResult] = []
+        with self._write() as conn:
+            now = self._now(conn)
+            for batch in batches:
+                # A request may repeat an event, and a retry may resend logged ones:
+                # the event id is unique, so only the first copy is appended.
+                first: dict[str, NewEvent] = {}
+                for e in batch.events:
+                    first.setdefault(e.id, e)
+                inserted: set[str] = set()
+                if first:
+                    inserted = set(
+                        conn.execute(
+                            self._insert_ignore(events).returning(events.c.id),
+                            [
+                                {
+                                    "id": e.id,
+                                    "system": e.system,
+                                    "ce_id": e.ce_id,
+                                    "type": e.type,
+                                    "source": e.source,
+                                    "subject": e.subject,
+                                    "time": e.time,
+                                    "received_at": now,
+                                    "data": e.data,
+                                }
+                                for e in first.values()
+                            ],
+                        ).scalars()
+                    )
+                unique = [e for e in first.values() if e.id in inserted]
+                if unique:
+                    rows = [
+                        {
+                            "event_id": e.id,
+                            "integration": d.integration,
+                            "target": d.target,
+                            "tier": d.tier,
+                            "status": DeliveryStatus.PENDING.value,
+                            "attempts": 0,
+                            "next_attempt_at": now,
+                            "idempotency_key": d.idempotency_key,
+                            "mapping": d.mapping,
+                            "payload": d.payload,
+                            "created_at": now,
+                        }
+                        for e in unique
+                        for d in e.deliveries
+                    ]
+                    if rows:
+                        conn.execute(insert(deliveries), rows)
+                if batch.idempotency is not None:
+                    record = batch.idempotency
+                    conn.execute(
+                        self._insert_ignore(idempotency_keys),
+                        {
+                            "system": record.system,
+                            "key": record.key,
+                            "request_hash": record.request_hash,
+                            "status_code": record.status_code,
+                            "response": record.response,
+                            "created_at": now,
+                        },
+                    )
+                counted: set[str] = set()
+                duplicates: list[str] = []
+                for e in batch.events:
+                    if e.id in inserted and e.id not in counted:
+                        counted.add(e.id)
+                    else:
+                        duplicates.append(e.id)
+                results.append(IngestResult(appended=[e.id for e in unique], duplicates=duplicates))
+            if self.is_postgres:
+                conn.execute(text("NOTIFY charter_deliveries"))
+        return results
+
+    def find_idempotency_record(self, system: str, key: str) -> IdempotencyRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(idempotency_keys).where(
+                    idempotency_keys.c.system == system, idempotency_keys.c.key == key
+                )
+            ).first()
+        if row is None:
+            return None
+        return IdempotencyRecord(
+            system=row.system,
+            key=row.key,
+            request_hash=row.request_hash,
+            status_code=row.status_code,
+            response=row.response,
+        )
+
+    # delivery
+
+    def claim_due_deliveries(
+        self, worker: str, limit: int, lease_seconds: float
+    ) -> list[ClaimedDelivery]:
+        with self._write() as conn:
+            now = self._now(conn)
+            due = (
+                select(deliveries.c.id)
+                .where(
+                    deliveries.c.status == DeliveryStatus.PENDING.value,
+                    deliveries.c.next_attempt_at <= now,
+                    or_(
+                        deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at < now
+                    ),
+                )
+                .order_by(deliveries.c.tier, deliveries.c.next_attempt_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            ids = list(conn.execute(due).scalars())
+            if not ids:
+                return []
+            rows = conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(ids))
+                .values(lease_owner=worker, lease_expires_at=now + lease_seconds)
+                .returning(
+                    deliveries.c.id,
+                    deliveries.c.event_id,
+                    deliveries.c.integration,
+                    deliveries.c.target,
+                    deliveries.c.tier,
+                    deliveries.c.attempts,
+                    deliveries.c.idempotency_key,
+                    deliveries.c.mapping,
+                    deliveries.c.payload,
+                    deliveries.c.created_at,
+                )
+            ).all()
+        claimed = [ClaimedDelivery(**_row(r._mapping)) for r in rows]
+        claimed.sort(key=lambda d: (d.tier, d.id))
+        return claimed
+
+    def record_attempts(self, worker: str, results: list[AttemptResult]) -> int:
+        if not results:
+            return 0
+        recorded = 0
+        with self._write() as conn:
+            now = self._now(conn)
+            for r in results:
+                owned = and_(deliveries.c.id == r.delivery_id, deliveries.c.lease_owner == worker)
+                if r.outcome is Outcome.RELEASED:
+                    conn.execute(
+                        update(deliveries)
+                        .where(owned)
+                        .values(lease_owner=None, lease_expires_at=None)
+                    )
+                    continue
+                values: dict[str, Any] = {
+                    "attempts": deliveries.c.attempts + 1,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "last_status": r.status_code,
+                    "last_error": r.error,
+                }
+                if r.outcome is Outcome.DELIVERED:
+                    values |= {"status": DeliveryStatus.DELIVERED.value, "delivered_at": now}
+                elif r.outcome is Outcome.DEAD:
+                    values |= {"status": DeliveryStatus.DEAD.value}
+                else:
+                    values |= {"next_attempt_at": r.next_attempt_at or now}
+                updated = conn.execute(
+                    update(deliveries)
+                    .where(owned)
+                    .values(**values)
+                    .returning(deliveries.c.attempts)
+                ).first()
+                if updated is None:
+                    continue  # the lease was lost; another worker owns this delivery now
+                conn.execute(
+                    insert(attempts),
+                    {
+                        "delivery_id": r.delivery_id,
+                        "number": updated.attempts,
+                        "started_at": r.started_at,
+                        "latency_ms": r.latency_ms,
+                        "status_code": r.status_code,
+                        "outcome": r.outcome.value,
+                        "error": r.error,
+                    },
+                )
+                recorded += 1
+        return recorded
+
+    def release_leases(self, worker: str | None) -> int:
+        """Release the leases of ``worker``, or every lease when ``worker`` is None.
+
+        Releasing every lease is only right when no other process can hold one:
+        the embedded SQLite mode, at start-up, after a crash.
+        """
+        owned = (
+            deliveries.c.lease_owner.is_not(None)
+            if worker is None
+            else deliveries.c.lease_owner == worker
+        )
+        with self._write() as conn:
+            result = conn.execute(
+                update(deliveries).where(owned).values(lease_owner=None, lease_expires_at=None)
+            )
+        return int(result.rowcount)
+
+    def next_due_at(self) -> float | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(
+                    func.min(
+                        func.coalesce(deliveries.c.lease_expires_at, deliveries.c.next_attempt_at)
+                    )
+                ).where(deliveries.c.status == DeliveryStatus.PENDING.value)
+            ).scalar()
+        return float(value) if value is not None else None
+
+    # reading
+
+    def delivery_counts(self) -> DeliveryCounts:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    func.count(),
+                    func.sum(case((deliveries.c.status == "pending", 1), else_=0)),
+                    func.sum(case((deliveries.c.status == "delivered", 1), else_=0)),
+                    func.sum(case((deliveries.c.status == "dead", 1), else_=0)),
+                    func.sum(case((deliveries.c.attempts > 1, 1), else_=0)),
+                    func.sum(deliveries.c.attempts),
+                )
+            ).one()
+            received = conn.execute(select(func.count()).select_from(events)).scalar_one()
+        return DeliveryCounts(
+            received=int(received),
+            pending=int(row[1] or 0),
+            delivered=int(row[2] or 0),
+            dead=int(row[3] or 0),
+            retried=int(row[4] or 0),
+            attempts=int(row[5] or 0),
+        )
+
+    def latencies(self, limit: int = 100_000) -> list[float]:
+        with self.engine.connect() as conn:
+            values = conn.execute(
+                select(deliveries.c.delivered_at - deliveries.c.created_at)
+                .where(deliveries.c.status == DeliveryStatus.DELIVERED.value)
+                .order_by(deliveries.c.id.desc())
+                .limit(limit)
+            ).scalars()
+            return [float(v) for v in values]
+
+    def list_deliveries(
+        self, status: DeliveryStatus | None = None, integration: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        query = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(deliveries.c.status == status.value)
+        if integration is not None:
+            query = query.where(deliveries.c.integration == integration)
+        with self.engine.connect() as conn:
+            return [_row(r._mapping) for r in conn.execute(query)]
+
+    def get_delivery(self, delivery_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).first()
+        return _row(row._mapping) if row is not None else None
+
+    def delivery_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(attempts)
+                .where(attempts.c.delivery_id == delivery_id)
+                .order_by(attempts.c.number)
+            )
+            return [_row(r._mapping) for r in rows]
+
+    def get_event(self, event_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(events).where(events.c.id == event_id)).first()
+        return _row(row._mapping) if row is not None else None
+
+    def close(self) -> None:
+        self.engine.dispose()
