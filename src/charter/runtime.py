@@ -63,4 +63,5 @@ class Hub:
         return cls(project, store, router, IngestService(router, store, limits), url)
 
     def close(self) -> None:
+        self.ingest.close()
         self.store.close()

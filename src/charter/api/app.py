@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 import orjson
 from fastapi import FastAPI, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +19,8 @@ from charter.errors import NotFound
 from charter.hub.parsing import check_size
 from charter.runtime import Hub
 from charter.store import DeliveryStatus
+
+INGEST_THREADS = 128
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -45,6 +48,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Ingest requests wait in threads for their group commit; let enough of them
+        # wait at once that a group can be large.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = INGEST_THREADS
         stops = [await start() for start in (lifespan_tasks or [])]
         try:
             yield

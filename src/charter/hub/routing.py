@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
 
 from charter.catalog import Integration, Project, Tier
 from charter.errors import InvalidEvent, MappingError, UnknownSystem
 from charter.hub.parsing import CloudEvent
 from charter.mapping import CompiledMapping, compile_mapping
+from charter.schema import SchemaValidator
 from charter.store import NewDelivery, NewEvent
 
 # Hub event ids are derived from (system, CloudEvents id), so a resent event maps
@@ -30,10 +29,6 @@ def delivery_key(event: str, integration: str) -> str:
     return f"{event}:{integration}"
 
 
-def _pointer(path: Any) -> str:
-    return "".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in path)
-
-
 @dataclass(frozen=True)
 class TargetRoute:
     system: str
@@ -47,13 +42,13 @@ class Route:
     integration: Integration
     tier: int
     ingress: CompiledMapping
-    entity: Draft202012Validator
+    entity: SchemaValidator
     targets: list[TargetRoute]
 
 
 @dataclass(frozen=True)
 class EventRoute:
-    schema: Draft202012Validator
+    schema: SchemaValidator
     routes: list[Route]
 
 
@@ -65,7 +60,7 @@ class Router:
         compiled = {key: compile_mapping(spec) for key, spec in project.mappings.items()}
         self.mappings: dict[str, CompiledMapping] = {m.key: m for m in compiled.values()}
         entity_validators = {
-            key: Draft202012Validator(project.entity_schema(*key)) for key in project.entities
+            key: SchemaValidator(project.entity_schema(*key)) for key in project.entities
         }
         self.events: dict[tuple[str, str], EventRoute] = {}
         for system in project.systems.values():
@@ -83,7 +78,7 @@ class Router:
                     )
                     for i in project.integrations_for(system.name, event_type)
                 ]
-                schema = Draft202012Validator(project.event_schema(system.name, event_type))
+                schema = SchemaValidator(project.event_schema(system.name, event_type))
                 self.events[(system.name, event_type)] = EventRoute(schema, routes)
 
     def check_system(self, system: str) -> None:
@@ -115,11 +110,11 @@ class Router:
                 fix=f"declare it under 'events:' of system {system!r} (declared: {declared})",
                 pointer=f"{at}/type",
             )
-        error = next(iter(sorted(route.schema.iter_errors(event.data), key=lambda e: e.path)), None)
-        if error is not None:
-            pointer = f"{at}/data{_pointer(error.absolute_path)}"
+        violation = route.schema.first_violation(event.data)
+        if violation is not None:
+            pointer = f"{at}/data{violation.pointer}"
             raise InvalidEvent(
-                f"{pointer}: {error.message}",
+                f"{pointer}: {violation.message}",
                 fix=f"send a payload valid under the schema of {system}/{event.type}",
                 pointer=pointer,
             )
@@ -135,12 +130,11 @@ class Router:
                     fix=exc.fix,
                     pointer=f"{at}/data{exc.pointer}",
                 ) from exc
-            entity_error = next(iter(r.entity.iter_errors(canonical)), None)
+            entity_error = r.entity.first_violation(canonical)
             if entity_error is not None:
-                field = _pointer(entity_error.absolute_path) or "/"
                 raise InvalidEvent(
                     f"integration {name!r}: the mapped {r.integration.entity} is invalid at "
-                    f"{field}: {entity_error.message}",
+                    f"{entity_error.pointer or '/'}: {entity_error.message}",
                     fix=f"fix mapping {r.integration.mapping} or the payload",
                     pointer=f"{at}/data",
                 )

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from charter.errors import BadRequest, IdempotencyKeyInFlight, IdempotencyKeyReused
+from charter.hub.commit import GroupCommitter
 from charter.hub.parsing import IngestLimits, parse_body
 from charter.hub.routing import Router
 from charter.store import IdempotencyRecord, IngestBatch, Store
@@ -41,6 +42,7 @@ class IngestService:
         self.router = router
         self.store = store
         self.limits = limits or IngestLimits()
+        self.committer = GroupCommitter(store)
         self._in_flight: set[tuple[str, str]] = set()
         self._in_flight_lock = threading.Lock()
 
@@ -76,14 +78,8 @@ class IngestService:
             )
         request_hash = hashlib.sha256(body).hexdigest()
         with self._claim_key(system, idempotency_key):
-            record = self.store.find_idempotency_record(system, idempotency_key)
-            if record is not None:
-                if record.request_hash != request_hash:
-                    raise IdempotencyKeyReused(
-                        f"Idempotency-Key {idempotency_key!r} was used with another body",
-                        fix="use a new key for a new request",
-                    )
-                return IngestAnswer(record.status_code, orjson.loads(record.response), True)
+            if self.store.find_idempotency_record(system, idempotency_key) is not None:
+                return self._replay(system, idempotency_key, request_hash)
             return self._ingest(system, body, content_type, (idempotency_key, request_hash))
 
     def _ingest(
@@ -112,5 +108,21 @@ class IngestService:
         # Events already in the log (a client's retry) are acknowledged again with
         # the same ids and stored once; the answer does not tell them apart, so a
         # replayed answer is identical to the first.
-        self.store.append([IngestBatch(prepared, record)])
+        result = self.committer.append(IngestBatch(prepared, record))
+        if result.key_taken and idempotency is not None:
+            # Another process took the key between our look-up and our commit.
+            return self._replay(system, idempotency[0], idempotency[1])
         return IngestAnswer(202, answer)
+
+    def _replay(self, system: str, key: str, request_hash: str) -> IngestAnswer:
+        record = self.store.find_idempotency_record(system, key)
+        assert record is not None, "a taken key has a record"
+        if record.request_hash != request_hash:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {key!r} was used with another body",
+                fix="use a new key for a new request",
+            )
+        return IngestAnswer(record.status_code, orjson.loads(record.response), True)
+
+    def close(self) -> None:
+        self.committer.close()

@@ -1,5 +1,6 @@
 """Durable state of the hub: the ``Store`` protocol, its SQL implementation and migrations."""
 
+from charter.store.memory import MemoryStore
 from charter.store.migrate import current_revision, head_revision, upgrade
 from charter.store.protocol import (
     AttemptResult,
@@ -24,6 +25,7 @@ __all__ = [
     "IdempotencyRecord",
     "IngestBatch",
     "IngestResult",
+    "MemoryStore",
     "NewDelivery",
     "NewEvent",
     "Outcome",

@@ -72,6 +72,9 @@ class IngestResult:
 
     appended: list[str]
     duplicates: list[str]
+    # Another request stored a record under the same Idempotency-Key first;
+    # nothing of this batch was appended.
+    key_taken: bool = False
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,9 @@ class SqlStore:
         with self._write() as conn:
             now = self._now(conn)
             for batch in batches:
+                if batch.idempotency is not None and not self._store_key(conn, batch, now):
+                    results.append(IngestResult(appended=[], duplicates=[], key_taken=True))
+                    continue
                 # A request may repeat an event, and a retry may resend logged ones:
                 # the event id is unique, so only the first copy is appended.
                 first: dict[str, NewEvent] = {}
@@ -177,19 +180,6 @@ class SqlStore:
                     ]
                     if rows:
                         conn.execute(insert(deliveries), rows)
-                if batch.idempotency is not None:
-                    record = batch.idempotency
-                    conn.execute(
-                        self._insert_ignore(idempotency_keys),
-                        {
-                            "system": record.system,
-                            "key": record.key,
-                            "request_hash": record.request_hash,
-                            "status_code": record.status_code,
-                            "response": record.response,
-                            "created_at": now,
-                        },
-                    )
                 counted: set[str] = set()
                 duplicates: list[str] = []
                 for e in batch.events:
@@ -201,6 +191,27 @@ class SqlStore:
             if self.is_postgres:
                 conn.execute(text("NOTIFY charter_deliveries"))
         return results
+
+    def _store_key(self, conn: Connection, batch: IngestBatch, now: float) -> bool:
+        """Record the batch's Idempotency-Key; False when another request holds it.
+
+        On PostgreSQL a concurrent insert of the same key waits for the first
+        transaction, so two processes can never both take one key.
+        """
+        record = batch.idempotency
+        assert record is not None
+        taken = conn.execute(
+            self._insert_ignore(idempotency_keys).returning(idempotency_keys.c.key),
+            {
+                "system": record.system,
+                "key": record.key,
+                "request_hash": record.request_hash,
+                "status_code": record.status_code,
+                "response": record.response,
+                "created_at": now,
+            },
+        ).first()
+        return taken is not None
 
     def find_idempotency_record(self, system: str, key: str) -> IdempotencyRecord | None:
         with self.engine.connect() as conn:

@@ -1,0 +1,82 @@
+"""Group commit: many concurrent ingest requests share one durable transaction.
+
+Each request hands its batch over and waits; one committer thread takes every
+batch waiting at that moment and appends them in one transaction, so one fsync
+(SQLite) or one commit round trip (PostgreSQL) serves them all. A request is
+still answered only after its own batch is committed.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+from charter.errors import StoreError
+from charter.store import IngestBatch, IngestResult, Store
+
+MAX_GROUP = 512
+
+
+class GroupCommitter:
+    """Appends batches to a store, grouping those that arrive while a commit runs."""
+
+    def __init__(self, store: Store, max_group: int = MAX_GROUP) -> None:
+        self.store = store
+        self.max_group = max_group
+        self._pending: list[tuple[IngestBatch, Future[IngestResult]]] = []
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.commits = 0
+        self.batches = 0
+
+    def append(self, batch: IngestBatch) -> IngestResult:
+        """Append one batch durably; returns once it is committed (or raises)."""
+        future: Future[IngestResult] = Future()
+        with self._ready:
+            if self._closed:
+                raise StoreError("the hub is shutting down", fix="retry the request")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="charter-group-commit", daemon=True
+                )
+                self._thread.start()
+            self._pending.append((batch, future))
+            self._ready.notify()
+        return future.result()
+
+    def close(self) -> None:
+        """Commit what is waiting, then stop the committer thread."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending and not self._closed:
+                    self._ready.wait()
+                if not self._pending and self._closed:
+                    return
+                group = self._pending[: self.max_group]
+                del self._pending[: self.max_group]
+            self._commit(group)
+
+    def _commit(self, group: list[tuple[IngestBatch, Future[IngestResult]]]) -> None:
+        try:
+            results = self.store.append([batch for batch, _ in group])
+        except Exception as exc:
+            # Any failure belongs to the waiting request, which turns it into its answer.
+            if len(group) == 1:
+                group[0][1].set_exception(exc)
+                return
+            # One bad batch must not fail the others: commit each on its own.
+            for item in group:
+                self._commit([item])
+            return
+        self.commits += 1
+        self.batches += len(group)
+        for (_, future), result in zip(group, results, strict=True):
+            future.set_result(result)

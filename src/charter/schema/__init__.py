@@ -1,0 +1,5 @@
+"""Schemas: compiled JSON Schema 2020-12 validation."""
+
+from charter.schema.validator import SchemaValidator, Violation, pointer
+
+__all__ = ["SchemaValidator", "Violation", "pointer"]

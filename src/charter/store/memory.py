@@ -1,0 +1,267 @@
+"""An in-memory :class:`Store` for unit tests and experiments.
+
+It keeps the contract of :class:`~charter.store.sql.SqlStore`: events are
+deduplicated by id within and across batches, deliveries are leased to one
+worker at a time, a lease that expires makes its delivery claimable again and
+results are only recorded for deliveries the recording worker still holds.
+Time comes from an injectable clock, so tests can move it instead of sleeping.
+
+It is not durable: everything is lost when the process ends. One lock guards
+all state, so it is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from charter.store.protocol import (
+    AttemptResult,
+    ClaimedDelivery,
+    DeliveryCounts,
+    DeliveryStatus,
+    IdempotencyRecord,
+    IngestBatch,
+    IngestResult,
+    NewEvent,
+    Outcome,
+)
+
+
+class MemoryStore:
+    """:class:`Store` held in dictionaries; rows read back have the SQL store's columns."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._events: dict[str, dict[str, Any]] = {}
+        self._deliveries: dict[int, dict[str, Any]] = {}
+        # Ids of pending deliveries, so claiming does not walk finished ones.
+        self._pending: set[int] = set()
+        self._attempts: dict[int, list[dict[str, Any]]] = {}
+        self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._event_seq = itertools.count(1)
+        self._delivery_seq = itertools.count(1)
+        self._attempt_seq = itertools.count(1)
+
+    # ingest
+
+    def append(self, batches: list[IngestBatch]) -> list[IngestResult]:
+        results: list[IngestResult] = []
+        with self._lock:
+            now = self._clock()
+            for batch in batches:
+                first: dict[str, NewEvent] = {}
+                for e in batch.events:
+                    first.setdefault(e.id, e)
+                unique = [e for e in first.values() if e.id not in self._events]
+                for e in unique:
+                    self._append_event(e, now)
+                record = batch.idempotency
+                if record is not None:
+                    self._idempotency.setdefault((record.system, record.key), record)
+                inserted = {e.id for e in unique}
+                counted: set[str] = set()
+                duplicates: list[str] = []
+                for e in batch.events:
+                    if e.id in inserted and e.id not in counted:
+                        counted.add(e.id)
+                    else:
+                        duplicates.append(e.id)
+                results.append(IngestResult(appended=[e.id for e in unique], duplicates=duplicates))
+        return results
+
+    def _append_event(self, e: NewEvent, now: float) -> None:
+        self._events[e.id] = {
+            "seq": next(self._event_seq),
+            "id": e.id,
+            "system": e.system,
+            "ce_id": e.ce_id,
+            "type": e.type,
+            "source": e.source,
+            "subject": e.subject,
+            "time": e.time,
+            "received_at": now,
+            "data": e.data,
+        }
+        for d in e.deliveries:
+            delivery_id = next(self._delivery_seq)
+            self._deliveries[delivery_id] = {
+                "id": delivery_id,
+                "event_id": e.id,
+                "integration": d.integration,
+                "target": d.target,
+                "tier": d.tier,
+                "status": DeliveryStatus.PENDING.value,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "idempotency_key": d.idempotency_key,
+                "mapping": d.mapping,
+                "payload": d.payload,
+                "created_at": now,
+                "delivered_at": None,
+                "last_status": None,
+                "last_error": None,
+            }
+            self._pending.add(delivery_id)
+
+    def find_idempotency_record(self, system: str, key: str) -> IdempotencyRecord | None:
+        with self._lock:
+            return self._idempotency.get((system, key))
+
+    # delivery
+
+    def claim_due_deliveries(
+        self, worker: str, limit: int, lease_seconds: float
+    ) -> list[ClaimedDelivery]:
+        with self._lock:
+            now = self._clock()
+            due = [
+                row
+                for row in (self._deliveries[i] for i in self._pending)
+                if row["next_attempt_at"] <= now
+                and (row["lease_expires_at"] is None or row["lease_expires_at"] < now)
+            ]
+            due.sort(key=lambda row: (row["tier"], row["next_attempt_at"], row["id"]))
+            claimed: list[ClaimedDelivery] = []
+            for row in due[: max(limit, 0)]:
+                row["lease_owner"] = worker
+                row["lease_expires_at"] = now + lease_seconds
+                claimed.append(
+                    ClaimedDelivery(
+                        id=row["id"],
+                        event_id=row["event_id"],
+                        integration=row["integration"],
+                        target=row["target"],
+                        tier=row["tier"],
+                        attempts=row["attempts"],
+                        idempotency_key=row["idempotency_key"],
+                        mapping=row["mapping"],
+                        payload=row["payload"],
+                        created_at=row["created_at"],
+                    )
+                )
+        claimed.sort(key=lambda d: (d.tier, d.id))
+        return claimed
+
+    def record_attempts(self, worker: str, results: list[AttemptResult]) -> int:
+        recorded = 0
+        with self._lock:
+            now = self._clock()
+            for r in results:
+                row = self._deliveries.get(r.delivery_id)
+                if row is None or row["lease_owner"] != worker:
+                    continue  # the lease was lost; another worker owns this delivery now
+                row["lease_owner"] = None
+                row["lease_expires_at"] = None
+                if r.outcome is Outcome.RELEASED:
+                    continue
+                row["attempts"] += 1
+                row["last_status"] = r.status_code
+                row["last_error"] = r.error
+                if r.outcome is Outcome.DELIVERED:
+                    row["status"] = DeliveryStatus.DELIVERED.value
+                    row["delivered_at"] = now
+                    self._pending.discard(row["id"])
+                elif r.outcome is Outcome.DEAD:
+                    row["status"] = DeliveryStatus.DEAD.value
+                    self._pending.discard(row["id"])
+                else:
+                    row["next_attempt_at"] = r.next_attempt_at or now
+                self._attempts.setdefault(r.delivery_id, []).append(
+                    {
+                        "id": next(self._attempt_seq),
+                        "delivery_id": r.delivery_id,
+                        "number": row["attempts"],
+                        "started_at": r.started_at,
+                        "latency_ms": r.latency_ms,
+                        "status_code": r.status_code,
+                        "outcome": r.outcome.value,
+                        "error": r.error,
+                    }
+                )
+                recorded += 1
+        return recorded
+
+    def release_leases(self, worker: str | None) -> int:
+        """Release the leases of ``worker``, or every lease when ``worker`` is None."""
+        released = 0
+        with self._lock:
+            for row in self._deliveries.values():
+                owner = row["lease_owner"]
+                if owner is not None and (worker is None or owner == worker):
+                    row["lease_owner"] = None
+                    row["lease_expires_at"] = None
+                    released += 1
+        return released
+
+    def next_due_at(self) -> float | None:
+        with self._lock:
+            due = [
+                row["lease_expires_at"]
+                if row["lease_expires_at"] is not None
+                else row["next_attempt_at"]
+                for row in (self._deliveries[i] for i in self._pending)
+            ]
+        return float(min(due)) if due else None
+
+    # reading
+
+    def delivery_counts(self) -> DeliveryCounts:
+        with self._lock:
+            rows = list(self._deliveries.values())
+            received = len(self._events)
+        statuses = [row["status"] for row in rows]
+        return DeliveryCounts(
+            received=received,
+            pending=statuses.count(DeliveryStatus.PENDING.value),
+            delivered=statuses.count(DeliveryStatus.DELIVERED.value),
+            dead=statuses.count(DeliveryStatus.DEAD.value),
+            retried=sum(1 for row in rows if row["attempts"] > 1),
+            attempts=sum(row["attempts"] for row in rows),
+        )
+
+    def latencies(self, limit: int = 100_000) -> list[float]:
+        with self._lock:
+            delivered = [
+                row
+                for row in self._deliveries.values()
+                if row["status"] == DeliveryStatus.DELIVERED.value
+            ]
+        delivered.sort(key=lambda row: row["id"], reverse=True)
+        return [float(row["delivered_at"] - row["created_at"]) for row in delivered[:limit]]
+
+    def list_deliveries(
+        self, status: DeliveryStatus | None = None, integration: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [
+                dict(row)
+                for row in self._deliveries.values()
+                if (status is None or row["status"] == status.value)
+                and (integration is None or row["integration"] == integration)
+            ]
+        rows.sort(key=lambda row: row["id"], reverse=True)
+        return rows[:limit]
+
+    def get_delivery(self, delivery_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._deliveries.get(delivery_id)
+            return dict(row) if row is not None else None
+
+    def delivery_attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(a) for a in self._attempts.get(delivery_id, [])]
+
+    def get_event(self, event_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._events.get(event_id)
+            return dict(row) if row is not None else None
+
+    def close(self) -> None:
+        """Nothing to release; the data stays readable."""
