@@ -8,16 +8,36 @@ import signal
 from collections.abc import Awaitable, Callable
 
 import uvicorn
+import uvloop
 
 from charter.api import create_app
 from charter.delivery import DeliveryWorker, WorkerSettings, connectors_for
 from charter.runtime import Hub
+from charter.store.notify import DELIVERIES_CHANNEL, listen
 
 log = logging.getLogger("charter")
 
 
 def build_worker(hub: Hub, settings: WorkerSettings | None = None) -> DeliveryWorker:
     return DeliveryWorker(hub.router, hub.store, connectors_for(hub.project), settings)
+
+
+async def deliver(hub: Hub, worker: DeliveryWorker) -> None:
+    """Run ``worker`` until it is stopped; on PostgreSQL, woken by LISTEN/NOTIFY."""
+    listener: asyncio.Task[None] | None = None
+    stop_listening = asyncio.Event()
+    if hub.store.is_postgres:
+        worker.listening = True
+        listener = asyncio.create_task(
+            listen(hub.url, DELIVERIES_CHANNEL, worker.wake, stop_listening)
+        )
+    try:
+        await worker.run()
+    finally:
+        stop_listening.set()
+        if listener is not None:
+            await listener
+        await worker.aclose()
 
 
 def serve(
@@ -43,12 +63,11 @@ def serve(
 
     async def start_worker() -> Callable[[], Awaitable[None]]:
         assert worker is not None
-        task = asyncio.create_task(worker.run(), name="delivery-worker")
+        task = asyncio.create_task(deliver(hub, worker), name="delivery-worker")
 
         async def stop() -> None:
             worker.stop()
             await task
-            await worker.aclose()
 
         return stop
 
@@ -67,6 +86,9 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=15,
     )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under
+    # the handler it found; with this one in place a clean shutdown exits 0.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     uvicorn.Server(config).run()
 
 
@@ -78,9 +100,6 @@ def run_worker(hub: Hub, settings: WorkerSettings | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-        try:
-            await worker.run()
-        finally:
-            await worker.aclose()
+        await deliver(hub, worker)
 
-    asyncio.run(main())
+    uvloop.run(main())

@@ -35,6 +35,8 @@ class WorkerSettings:
     batch_size: int = 200
     lease_seconds: float = 60.0
     idle_poll: float = 0.05
+    # How long an idle worker sleeps when wake-ups arrive by notification.
+    max_idle: float = 2.0
     flush_interval: float = 0.01
     grace_seconds: float = 10.0
 
@@ -74,9 +76,12 @@ class DeliveryWorker:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._results: list[AttemptResult] = []
+        self._recorded = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self.delivered = 0
+        # Set when something (an in-process ingest, a LISTEN) calls wake() on new work.
+        self.listening = False
 
     def wake(self) -> None:
         """Look for due work now (called after an ingest in the same process)."""
@@ -85,6 +90,7 @@ class DeliveryWorker:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        self._recorded.set()
 
     async def run(self) -> None:
         recorder = asyncio.create_task(self._record_loop())
@@ -92,7 +98,7 @@ class DeliveryWorker:
             await self._claim_loop()
         finally:
             await self._drain()
-            self._stopping.set()
+            self.stop()
             await recorder
             await self._flush()
             released = await asyncio.to_thread(self.store.release_leases, self.name)
@@ -116,11 +122,21 @@ class DeliveryWorker:
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
             if not claimed:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.settings.idle_poll)
-                except TimeoutError:
-                    pass
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """Wait for a wake-up, the next due delivery or the idle ceiling, whichever is first."""
+        self._wake.clear()
+        timeout = self.settings.idle_poll
+        if not self._in_flight:
+            # Nothing of ours can make work due; sleep until the store says something is.
+            due = await asyncio.to_thread(self.store.next_due_at)
+            ceiling = self.settings.max_idle if self.listening else self.settings.idle_poll
+            timeout = ceiling if due is None else min(ceiling, max(0.0, due - time.time()))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def _drain(self) -> None:
         if not self._in_flight:
@@ -133,8 +149,15 @@ class DeliveryWorker:
 
     async def _record_loop(self) -> None:
         while not self._stopping.is_set():
+            await self._recorded.wait()
+            # Let a few more results arrive so they share one transaction.
             await asyncio.sleep(self.settings.flush_interval)
+            self._recorded.clear()
             await self._flush()
+
+    def _result(self, result: AttemptResult) -> None:
+        self._results.append(result)
+        self._recorded.set()
 
     async def _flush(self) -> None:
         if not self._results:
@@ -155,7 +178,7 @@ class DeliveryWorker:
                 )
                 status_code = response.status_code
             except asyncio.CancelledError:
-                self._results.append(
+                self._result(
                     AttemptResult(delivery.id, Outcome.RELEASED, started, 0.0, error="stopped")
                 )
                 raise
@@ -169,7 +192,7 @@ class DeliveryWorker:
             decision = decide(policy, delivery.attempts + 1, error, self.rng)
             if decision.outcome is Outcome.DELIVERED:
                 self.delivered += 1
-            self._results.append(
+            self._result(
                 AttemptResult(
                     delivery_id=delivery.id,
                     outcome=decision.outcome,
