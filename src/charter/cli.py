@@ -43,6 +43,15 @@ DatabaseOption = Annotated[
     typer.Option("--database", envvar="CHARTER_DATABASE_URL", help="Database URL."),
 ]
 HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
+LeaseOption = Annotated[
+    float,
+    typer.Option(
+        "--lease",
+        min=1.0,
+        envvar="CHARTER_LEASE_SECONDS",
+        help="Seconds a claimed delivery stays with this worker if it dies.",
+    ),
+]
 PortOption = Annotated[int, typer.Option(help="Port to listen on.")]
 
 
@@ -118,14 +127,22 @@ def up(
     database: DatabaseOption = None,
     host: HostOption = "127.0.0.1",
     port: PortOption = 8400,
+    lease: LeaseOption = 60.0,
 ) -> None:
     """Run the API and a delivery worker in one process (the embedded default)."""
+    from charter.delivery import WorkerSettings
     from charter.serve import serve
 
     hub = _open_hub(project, database)
     err.print(f"charter: project {hub.project.name} on http://{host}:{port} ({_where(hub.url)})")
     try:
-        serve(hub, host=host, port=port, with_worker=True)
+        serve(
+            hub,
+            host=host,
+            port=port,
+            with_worker=True,
+            worker_settings=WorkerSettings(lease_seconds=lease),
+        )
     finally:
         hub.close()
 
@@ -153,6 +170,7 @@ def worker(
     project: ProjectOption = Path("."),
     database: DatabaseOption = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Calls in flight.")] = 64,
+    lease: LeaseOption = 60.0,
 ) -> None:
     """Run a delivery worker; start as many as you like against PostgreSQL."""
     from charter.delivery import WorkerSettings
@@ -161,7 +179,7 @@ def worker(
     hub = _open_hub(project, database)
     err.print(f"charter worker: project {hub.project.name} ({_where(hub.url)})")
     try:
-        run_worker(hub, WorkerSettings(concurrency=concurrency))
+        run_worker(hub, WorkerSettings(concurrency=concurrency, lease_seconds=lease))
     finally:
         hub.close()
 

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -65,6 +66,20 @@ def install_problem_handlers(app: FastAPI) -> None:
             }
         )
 
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            {
+                "type": PROBLEM_BASE + "database-unavailable",
+                "title": "The database is unavailable",
+                "status": 503,
+                "detail": "the hub cannot reach its database; nothing was stored",
+                "fix": "retry later with the same Idempotency-Key",
+                "instance": request.url.path,
+            },
+            headers={"retry-after": "1"},
+        )
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem_response(
@@ -80,4 +95,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CharterError, charter_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(Exception, unexpected)

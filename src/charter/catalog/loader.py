@@ -255,6 +255,7 @@ def load_project(root: Path | str) -> Project:
 
 def _assemble(root: Path, collected: _Collected, problems: list[Problem]) -> Project:
     settings_doc, settings = collected.settings[0]
+    broken: set[tuple[str, int]] = set()
     for doc, _ in collected.settings[1:]:
         problems.append(
             Problem(
@@ -302,6 +303,8 @@ def _assemble(root: Path, collected: _Collected, problems: list[Problem]) -> Pro
         )
     for doc, entity in collected.objects.get("Entity", []):
         schema = _resolve_schema(entity.schema_, doc, root, "/schema", problems)
+        if schema is None:
+            broken.add((entity.name, entity.version))
         add(
             "Entity",
             (entity.name, entity.version),
@@ -313,13 +316,18 @@ def _assemble(root: Path, collected: _Collected, problems: list[Problem]) -> Pro
         add("Mapping", (mapping.name, mapping.version), doc, mapping, project.mappings)
     for doc, integration in collected.objects.get("Integration", []):
         add("Integration", integration.name, doc, integration, project.integrations)
-    _check_references(project, where, problems)
+    _check_references(project, where, problems, broken)
     return project
 
 
 def _check_references(
-    project: Project, where: dict[tuple[str, Any], Document], problems: list[Problem]
+    project: Project,
+    where: dict[tuple[str, Any], Document],
+    problems: list[Problem],
+    broken: set[tuple[str, int]],
 ) -> None:
+    """Check every reference between documents; ``broken`` entities have no usable schema."""
+
     def problem(kind: str, key: Any, pointer: str, message: str, fix: str) -> None:
         doc = where[(kind, key)]
         problems.append(Problem(doc.file, doc.line_of(pointer), message, fix))
@@ -365,9 +373,10 @@ def _check_references(
         team("Entity", key, e.owner)
         domain("Entity", key, e.domain)
         system("Entity", key, e.system_of_record, "/system_of_record")
+        # Without a usable schema, field checks would only repeat the schema problem.
         properties = project.entity_schema(*key).get("properties", {})
         for field_name, rule in e.fields.items():
-            if field_name not in properties:
+            if key not in broken and field_name not in properties:
                 problem(
                     "Entity",
                     key,
@@ -376,7 +385,7 @@ def _check_references(
                     "add it to the schema's properties or remove it here",
                 )
             system("Entity", key, rule.system_of_record, f"/fields/{field_name}/system_of_record")
-        if e.key not in properties:
+        if key not in broken and e.key not in properties:
             problem(
                 "Entity",
                 key,

@@ -83,13 +83,23 @@ def expand_environment(value: str, node: yaml.Node) -> str:
             return os.environ[name]
         if default is not None:
             return default
-        raise yaml.MarkedYAMLError(
-            problem=f"environment variable {name} is not set "
-            f"(set it, or write ${{{name}:-default}})",
-            problem_mark=node.start_mark,
-        )
+        unset.append(name)
+        return ""
 
-    return _VARIABLE.sub(replace, value)
+    unset: list[str] = []
+    expanded = _VARIABLE.sub(replace, value)
+    if unset:
+        raise UnsetVariable(unset[0], node.start_mark.line + 1)
+    return expanded
+
+
+class UnsetVariable(Exception):
+    """A ``${NAME}`` without a default names a variable that is not set."""
+
+    def __init__(self, name: str, line: int) -> None:
+        super().__init__(name)
+        self.name = name
+        self.line = line
 
 
 def read_documents(path: Path, shown_as: str) -> tuple[list[Document], list[Problem]]:
@@ -106,6 +116,15 @@ def read_documents(path: Path, shown_as: str) -> tuple[list[Document], list[Prob
             builder = _Builder()
             data = builder.build(node, "")
             documents.append(Document(shown_as, node.start_mark.line + 1, data, builder.lines))
+    except UnsetVariable as exc:
+        return [], [
+            Problem(
+                shown_as,
+                exc.line,
+                f"environment variable {exc.name} is not set",
+                f"set {exc.name}, or write ${{{exc.name}:-default}}",
+            )
+        ]
     except yaml.MarkedYAMLError as exc:
         # The context mark is where the broken construct starts, which is where to look.
         mark = exc.context_mark or exc.problem_mark

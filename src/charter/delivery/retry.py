@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -12,7 +13,11 @@ from charter.store import Outcome
 
 def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
     """Full jitter: uniform in [0, min(max_backoff, initial * multiplier ** (attempt - 1))]."""
-    ceiling = min(policy.max_backoff, policy.initial_backoff * policy.multiplier ** (attempt - 1))
+    try:
+        growth = policy.multiplier ** (attempt - 1)
+    except OverflowError:
+        growth = math.inf
+    ceiling = min(policy.max_backoff, policy.initial_backoff * growth)
     return rng.uniform(0.0, ceiling)
 
 

@@ -109,7 +109,12 @@ class DeliveryWorker:
         while not self._stopping.is_set():
             free = self.settings.concurrency - len(self._in_flight)
             if free <= 0:
-                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                # Every slot is busy: wait for one to free up, or for stop().
+                stopping = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait(
+                    {*self._in_flight, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                stopping.cancel()
                 continue
             claimed = await asyncio.to_thread(
                 self.store.claim_due_deliveries,

@@ -52,6 +52,12 @@ def media_type(content_type: str | None) -> str:
     return value
 
 
+def is_json_media_type(value: str) -> bool:
+    """Whether a media type declares JSON data (``*/json`` or ``*/*+json``), as CloudEvents says."""
+    subtype = value.split(";", 1)[0].strip().lower().partition("/")[2]
+    return subtype == "json" or subtype.endswith("+json")
+
+
 def check_size(size: int, limits: IngestLimits) -> None:
     if size > limits.max_body_bytes:
         raise PayloadTooLarge(
@@ -154,7 +160,7 @@ def envelope(event: Any, pointer: str) -> CloudEvent:
             pointer=f"{pointer}/data_base64",
         )
     data_type = event.get("datacontenttype")
-    if data_type is not None and not str(data_type).lower().startswith("application/json"):
+    if data_type is not None and not is_json_media_type(str(data_type)):
         raise InvalidEvent(
             f"datacontenttype {data_type!r} at {pointer}/datacontenttype is not JSON",
             fix="send JSON data with datacontenttype application/json",

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from charter.errors import StoreError
 from charter.store.protocol import (
     AttemptResult,
     ClaimedDelivery,
@@ -52,17 +53,22 @@ class MemoryStore:
     def append(self, batches: list[IngestBatch]) -> list[IngestResult]:
         results: list[IngestResult] = []
         with self._lock:
+            self._check_new_deliveries(batches)
             now = self._clock()
             for batch in batches:
+                record = batch.idempotency
+                if record is not None:
+                    if (record.system, record.key) in self._idempotency:
+                        # Another request holds the key: nothing of this batch is appended.
+                        results.append(IngestResult(appended=[], duplicates=[], key_taken=True))
+                        continue
+                    self._idempotency[(record.system, record.key)] = record
                 first: dict[str, NewEvent] = {}
                 for e in batch.events:
                     first.setdefault(e.id, e)
                 unique = [e for e in first.values() if e.id not in self._events]
                 for e in unique:
                     self._append_event(e, now)
-                record = batch.idempotency
-                if record is not None:
-                    self._idempotency.setdefault((record.system, record.key), record)
                 inserted = {e.id for e in unique}
                 counted: set[str] = set()
                 duplicates: list[str] = []
@@ -73,6 +79,20 @@ class MemoryStore:
                         duplicates.append(e.id)
                 results.append(IngestResult(appended=[e.id for e in unique], duplicates=duplicates))
         return results
+
+    def _check_new_deliveries(self, batches: list[IngestBatch]) -> None:
+        """Refuse, before anything changes, what the SQL store's unique constraint refuses."""
+        seen: set[str] = set()
+        for e in (e for batch in batches for e in batch.events):
+            if e.id in seen or e.id in self._events:
+                continue
+            seen.add(e.id)
+            routes = [(d.integration, d.target) for d in e.deliveries]
+            if len(routes) != len(set(routes)):
+                raise StoreError(
+                    f"event {e.id} has two deliveries for one integration and target",
+                    fix="create one delivery per integration and target system",
+                )
 
     def _append_event(self, e: NewEvent, now: float) -> None:
         self._events[e.id] = {

@@ -29,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from charter.errors import StoreError
 from charter.store.protocol import (
@@ -109,6 +109,11 @@ class SqlStore:
             raise StoreError(
                 f"the database refused a write: {exc.orig}",
                 fix="check that the database is up and migrated ('charter db upgrade')",
+            ) from exc
+        except IntegrityError as exc:
+            raise StoreError(
+                f"the write breaks a constraint of the store: {exc.orig}",
+                fix="this is a bug in the caller; report it with the request that caused it",
             ) from exc
 
     def _now(self, conn: Connection) -> float:
