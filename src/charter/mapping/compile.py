@@ -134,6 +134,29 @@ class CompiledMapping:
         return found
 
 
+class CompiledFields:
+    """Field rules used outside a mapping document, such as a process step's input.
+
+    ``owner`` names where the rules come from in error messages
+    ("step create_order of process order-to-cash v1").
+    """
+
+    __slots__ = ("_rules", "owner")
+
+    def __init__(self, fields: dict[str, FieldRule], owner: str) -> None:
+        self.owner = owner
+        self._rules = tuple(_Rule(name, rule, name, owner) for name, rule in fields.items())
+
+    def apply(self, payload: Any) -> dict[str, Any]:
+        """Build the output object from ``payload``; raises only ``MappingError``."""
+        return _run(self._rules, payload, "", payload, True)
+
+
+def compile_fields(fields: dict[str, FieldRule], owner: str) -> CompiledFields:
+    """Compile field rules that are not part of a mapping document."""
+    return CompiledFields(fields, owner)
+
+
 def compile_mapping(spec: MappingSpec) -> CompiledMapping:
     """Compile a validated mapping spec for repeated, fast application."""
     return CompiledMapping(spec)
