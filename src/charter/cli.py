@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from charter.catalog import PROJECT_FILE, Project, load_project
 from charter.errors import CatalogError, CharterError
@@ -206,18 +207,20 @@ def db_status(project: ProjectOption = Path("."), database: DatabaseOption = Non
 
     loaded = _load(project)
     store = SqlStore.from_url(database_url(loaded, database))
-    current, head = current_revision(store.engine), head_revision()
-    out.print(
-        f"revision {current} (head {head})"
-        + ("" if current == head else " - run 'charter db upgrade'")
-    )
-    if current == head:
+    try:
+        current, head = current_revision(store.engine), head_revision()
+        if current != head:
+            raise fail(
+                f"the database is at revision {current}, not {head}; run 'charter db upgrade'"
+            )
         counts = store.delivery_counts()
-        out.print(
-            f"{counts.received} events, {counts.delivered} delivered, {counts.pending} pending, "
-            f"{counts.dead} dead-lettered"
-        )
-    store.close()
+    finally:
+        store.close()
+    out.print(f"revision {current} (head {head})")
+    out.print(
+        f"{counts.received} events, {counts.delivered} delivered, {counts.pending} pending, "
+        f"{counts.dead} dead-lettered"
+    )
 
 
 @app.command()
@@ -297,6 +300,11 @@ def main() -> None:
         app()
     except CharterError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except SQLAlchemyError as exc:
+        # Anything the store did not translate still gets one line, not a traceback.
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        err.print(f"[bold red]error:[/] database error: {first}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

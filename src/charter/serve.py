@@ -3,19 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import uvicorn
 import uvloop
 
 from charter.api import create_app
 from charter.delivery import DeliveryWorker, WorkerSettings, connectors_for
+from charter.errors import StoreError
 from charter.runtime import Hub
 from charter.store.notify import DELIVERIES_CHANNEL, listen
 
 log = logging.getLogger("charter")
+
+
+@contextmanager
+def sole_process(hub: Hub) -> Iterator[None]:
+    """On SQLite, make sure this is the only Charter process serving the database file.
+
+    The embedded mode relies on it: a process that starts there releases every
+    lease it finds, which is only right when no other process holds any.
+    """
+    database = hub.store.engine.url.database
+    if hub.store.is_postgres or not database:
+        yield
+        return
+    with open(f"{database}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StoreError(
+                f"another Charter process is already serving {database}",
+                fix="stop it first; to run several processes, use PostgreSQL "
+                "(CHARTER_DATABASE_URL)",
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def build_worker(hub: Hub, settings: WorkerSettings | None = None) -> DeliveryWorker:
@@ -53,6 +82,17 @@ def serve(
     On shutdown the server stops taking requests, answers those in flight, then
     the worker finishes its in-flight calls and releases its remaining leases.
     """
+    with sole_process(hub):
+        _serve(hub, host, port, with_worker, worker_settings)
+
+
+def _serve(
+    hub: Hub,
+    host: str,
+    port: int,
+    with_worker: bool,
+    worker_settings: WorkerSettings | None,
+) -> None:
     worker = build_worker(hub, worker_settings) if with_worker else None
     if worker is not None and not hub.store.is_postgres:
         # Embedded mode: this process is the only one using the file, so any lease
@@ -102,4 +142,5 @@ def run_worker(hub: Hub, settings: WorkerSettings | None = None) -> None:
             loop.add_signal_handler(sig, worker.stop)
         await deliver(hub, worker)
 
-    uvloop.run(main())
+    with sole_process(hub):
+        uvloop.run(main())

@@ -80,7 +80,8 @@ def create_store_engine(url: str) -> Engine:
 
 
 def _row(mapping: Any) -> dict[str, Any]:
-    return dict(mapping)
+    # Column keys are SQLAlchemy's quoted_name, a str subclass JSON encoders refuse.
+    return {str(key): value for key, value in mapping.items()}
 
 
 class SqlStore:

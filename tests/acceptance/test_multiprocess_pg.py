@@ -1,0 +1,165 @@
+"""One ``charter server`` and separate ``charter worker`` processes sharing PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from charter.processes import HubProcess
+from charter.sim import SimProcess
+from charter.store import SqlStore
+from tests.acceptance.conftest import (
+    applied_keys,
+    deals,
+    expected_keys,
+    post_events,
+    running_hub,
+    settled,
+    wait_until,
+)
+
+pytestmark = pytest.mark.postgres
+
+SETTLE_S = 60.0
+
+
+class Leases:
+    """Who holds delivery leases right now, read from the shared database."""
+
+    def __init__(self, url: str) -> None:
+        self.store = SqlStore.from_url(url)
+
+    def holders(self) -> dict[int, int]:
+        """Leases held, by the pid in each worker's lease owner (``host:pid:suffix``)."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT lease_owner, count(*) FROM deliveries "
+                    "WHERE lease_owner IS NOT NULL GROUP BY lease_owner"
+                )
+            ).all()
+        return {int(owner.split(":")[-2]): count for owner, count in rows}
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@pytest.fixture
+def leases(pg_url: str) -> Iterator[Leases]:
+    reader = Leases(pg_url)
+    yield reader
+    reader.close()
+
+
+def start_worker(
+    stack: ExitStack, project: Path, erp: SimProcess, database: str, **env: str
+) -> HubProcess:
+    """``charter worker`` on ``database``; stopped (SIGTERM) when ``stack`` closes."""
+    worker = HubProcess(
+        project,
+        command="worker",
+        env={"CHARTER_ERP_URL": erp.url, **env},
+        database=database,
+    )
+    stack.callback(worker.close)
+    return worker.start()
+
+
+def test_two_workers_share_2000_events_and_a_stopped_one_hands_over_its_work(
+    project_dir: Path, pg_url: str, erp: SimProcess, leases: Leases
+) -> None:
+    # 150 ms per call: one worker alone needs seconds for what is left after the stop.
+    erp.fault(latency_ms=150)
+    events = deals(2000)
+    seen: dict[int, int] = {}
+
+    def sample() -> dict[str, Any]:
+        """Note who holds leases now; return the ERP's counters."""
+        for pid, count in leases.holders().items():
+            seen[pid] = max(seen.get(pid, 0), count)
+        return erp.report()
+
+    with ExitStack() as stack:
+        server = stack.enter_context(
+            running_hub(project_dir, erp, database=pg_url, command="server")
+        )
+        first = start_worker(stack, project_dir, erp, pg_url)
+        second = start_worker(stack, project_dir, erp, pg_url)
+        ids: list[str] = []
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=30) as api:
+            for start in range(0, len(events), 100):
+                ids += post_events(api, events[start : start + 100])
+                sample()
+        wait_until(sample, lambda r: r["applied"] >= 800, SETTLE_S, 0.02)
+        assert first.stop() == 0, first.log_tail()
+        assert first.pid not in leases.holders(), "the stopped worker kept leases"
+        stopped_at = erp.report()["applied"]
+        stats = wait_until(server.stats, settled(2000), SETTLE_S)
+        assert second.running, second.log_tail()
+
+    assert {first.pid, second.pid} <= set(seen), f"lease holders seen: {seen}"
+    assert stopped_at < 2000, "everything was delivered before a worker stopped"
+    assert stats["received"] == 2000
+    assert (stats["deliveries"]["delivered"], stats["deliveries"]["dead"]) == (2000, 0)
+    report = erp.report()
+    assert report["applied"] == 2000, report
+    assert report["applied_more_than_once"] == 0, report
+    assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
+
+
+def test_a_killed_worker_s_deliveries_are_taken_over_when_its_leases_expire(
+    project_dir: Path, pg_url: str, erp: SimProcess, leases: Leases
+) -> None:
+    erp.fault(latency_ms=300)
+    with ExitStack() as stack:
+        server = stack.enter_context(
+            running_hub(project_dir, erp, database=pg_url, command="server")
+        )
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=30) as api:
+            ids = post_events(api, deals(500))
+        doomed = start_worker(stack, project_dir, erp, pg_url, CHARTER_LEASE_SECONDS="2")
+        held = wait_until(leases.holders, lambda h: h.get(doomed.pid, 0) > 0, 20, 0.02)
+        doomed.kill()
+        orphaned = leases.holders().get(doomed.pid, 0)
+        start_worker(stack, project_dir, erp, pg_url, CHARTER_LEASE_SECONDS="2")
+        # Within 30 s: with the default 60 s lease this could not happen.
+        stats = wait_until(server.stats, settled(500), 30)
+
+    assert orphaned > 0, f"the killed worker held no leases: {held}"
+    assert doomed.pid not in leases.holders()
+    assert (stats["deliveries"]["delivered"], stats["deliveries"]["dead"]) == (500, 0)
+    report = erp.report()
+    assert report["applied"] == 500, report
+    assert report["applied_more_than_once"] == 0, report
+    assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
+
+
+def test_a_server_alone_keeps_events_pending_until_a_worker_starts(
+    project_dir: Path, pg_url: str, erp: SimProcess
+) -> None:
+    with ExitStack() as stack:
+        server = stack.enter_context(
+            running_hub(project_dir, erp, database=pg_url, command="server")
+        )
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=30) as api:
+            ids = post_events(api, deals(50))
+        time.sleep(1.0)
+        waiting = server.stats()
+        assert erp.report()["received"] == 0
+        worker = start_worker(stack, project_dir, erp, pg_url)
+        stats = wait_until(server.stats, settled(50), SETTLE_S)
+        assert worker.stop() == 0, worker.log_tail()
+
+    assert waiting["received"] == 50
+    assert (waiting["deliveries"]["pending"], waiting["deliveries"]["delivered"]) == (50, 0)
+    assert (stats["deliveries"]["delivered"], stats["deliveries"]["dead"]) == (50, 0)
+    report = erp.report()
+    assert (report["applied"], report["applied_more_than_once"]) == (50, 0)
+    assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
