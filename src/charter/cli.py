@@ -15,6 +15,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from charter.catalog import PROJECT_FILE, Project, load_project
+from charter.cli_processes import process_app
 from charter.errors import CatalogError, CharterError
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ db_app = typer.Typer(help="Database schema: upgrade and status.", no_args_is_hel
 sim_app = typer.Typer(help="Simulated business systems for demos and tests.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
+app.add_typer(process_app, name="process")
 
 out = Console()
 err = Console(stderr=True)
@@ -132,6 +134,7 @@ def up(
 ) -> None:
     """Run the API and a delivery worker in one process (the embedded default)."""
     from charter.delivery import WorkerSettings
+    from charter.engine.runner import RunnerSettings
     from charter.serve import serve
 
     hub = _open_hub(project, database)
@@ -143,6 +146,7 @@ def up(
             port=port,
             with_worker=True,
             worker_settings=WorkerSettings(lease_seconds=lease),
+            runner_settings=RunnerSettings(lease_seconds=lease),
         )
     finally:
         hub.close()
@@ -175,12 +179,17 @@ def worker(
 ) -> None:
     """Run a delivery worker; start as many as you like against PostgreSQL."""
     from charter.delivery import WorkerSettings
+    from charter.engine.runner import RunnerSettings
     from charter.serve import run_worker
 
     hub = _open_hub(project, database)
     err.print(f"charter worker: project {hub.project.name} ({_where(hub.url)})")
     try:
-        run_worker(hub, WorkerSettings(concurrency=concurrency, lease_seconds=lease))
+        run_worker(
+            hub,
+            WorkerSettings(concurrency=concurrency, lease_seconds=lease),
+            RunnerSettings(lease_seconds=lease),
+        )
     finally:
         hub.close()
 

@@ -18,6 +18,7 @@ next. Errors that cross the API become RFC 9457 problem+json using ``type_``,
     ├── StoreError              the database cannot be used as is
     │   └── SchemaOutOfDate         migrations are pending
     ├── NotFound                an object asked for does not exist (404)
+    ├── Conflict                an operation does not apply in the current state (409)
     └── ConnectorError          a call to a target system failed
         ├── TargetUnavailable       connection error, timeout or 5xx (retryable)
         ├── RateLimited             429; carries Retry-After (retryable)
@@ -171,6 +172,14 @@ class NotFound(CharterError):
     type_ = "not-found"
     title = "Not found"
     status = 404
+
+
+class Conflict(CharterError):
+    """An operation does not apply to the object in its current state."""
+
+    type_ = "conflict"
+    title = "The operation does not apply now"
+    status = 409
 
 
 class ConnectorError(CharterError):

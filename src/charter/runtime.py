@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from charter.catalog import Project, load_project
+from charter.engine.registry import Definitions, TaskHandler, load_tasks
+from charter.engine.service import ProcessService
 from charter.errors import SchemaOutOfDate
 from charter.hub import IngestLimits, IngestService, Router
 from charter.store import SqlStore, current_revision, head_revision, upgrade
+from charter.store.processes import SqlProcessStore
 
 DATABASE_ENV = "CHARTER_DATABASE_URL"
 STATE_DIR = ".charter"
@@ -36,6 +39,8 @@ class Hub:
     store: SqlStore
     router: Router
     ingest: IngestService
+    processes: ProcessService
+    tasks: dict[str, TaskHandler]
     url: str = field(default="")
 
     @classmethod
@@ -60,8 +65,19 @@ class Hub:
                 fix="run 'charter db upgrade'",
             )
         router = Router(project)
-        return cls(project, store, router, IngestService(router, store, limits), url)
+        process_store = SqlProcessStore(store)
+        definitions = Definitions(project.processes, process_store)
+        return cls(
+            project=project,
+            store=store,
+            router=router,
+            ingest=IngestService(router, store, limits),
+            processes=ProcessService(process_store, definitions),
+            tasks=load_tasks(project.root),
+            url=url,
+        )
 
     def close(self) -> None:
         self.ingest.close()
+        self.processes.close()
         self.store.close()

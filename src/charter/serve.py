@@ -14,9 +14,11 @@ import uvloop
 
 from charter.api import create_app
 from charter.delivery import DeliveryWorker, WorkerSettings, connectors_for
+from charter.engine.runner import ProcessRunner, RunnerSettings
 from charter.errors import StoreError
 from charter.runtime import Hub
 from charter.store.notify import DELIVERIES_CHANNEL, listen
+from charter.store.processes import PROCESSES_CHANNEL
 
 log = logging.getLogger("charter")
 
@@ -47,26 +49,56 @@ def sole_process(hub: Hub) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def build_worker(hub: Hub, settings: WorkerSettings | None = None) -> DeliveryWorker:
-    return DeliveryWorker(hub.router, hub.store, connectors_for(hub.project), settings)
+class Workers:
+    """The background work of a process: deliveries and process instances."""
 
-
-async def deliver(hub: Hub, worker: DeliveryWorker) -> None:
-    """Run ``worker`` until it is stopped; on PostgreSQL, woken by LISTEN/NOTIFY."""
-    listener: asyncio.Task[None] | None = None
-    stop_listening = asyncio.Event()
-    if hub.store.is_postgres:
-        worker.listening = True
-        listener = asyncio.create_task(
-            listen(hub.url, DELIVERIES_CHANNEL, worker.wake, stop_listening)
+    def __init__(
+        self,
+        hub: Hub,
+        settings: WorkerSettings | None = None,
+        runner_settings: RunnerSettings | None = None,
+    ) -> None:
+        self.hub = hub
+        self.delivery = DeliveryWorker(hub.router, hub.store, connectors_for(hub.project), settings)
+        self.runner = ProcessRunner(
+            hub.processes.store,
+            hub.processes.definitions,
+            connectors_for(hub.project),
+            hub.tasks,
+            self.delivery.name,
+            runner_settings,
         )
-    try:
-        await worker.run()
-    finally:
-        stop_listening.set()
-        if listener is not None:
-            await listener
-        await worker.aclose()
+
+    def wake(self) -> None:
+        self.delivery.wake()
+        self.runner.wake()
+
+    def stop(self) -> None:
+        self.delivery.stop()
+        self.runner.stop()
+
+    async def run(self) -> None:
+        """Run both until stopped; on PostgreSQL, woken by LISTEN/NOTIFY."""
+        listeners: list[asyncio.Task[None]] = []
+        stop_listening = asyncio.Event()
+        if self.hub.store.is_postgres:
+            self.delivery.listening = self.runner.listening = True
+            listeners = [
+                asyncio.create_task(
+                    listen(self.hub.url, DELIVERIES_CHANNEL, self.delivery.wake, stop_listening)
+                ),
+                asyncio.create_task(
+                    listen(self.hub.url, PROCESSES_CHANNEL, self.runner.wake, stop_listening)
+                ),
+            ]
+        try:
+            await asyncio.gather(self.delivery.run(), self.runner.run())
+        finally:
+            stop_listening.set()
+            await asyncio.gather(*listeners)
+            await self.delivery.aclose()
+            for connector in self.runner.connectors.values():
+                await connector.aclose()
 
 
 def serve(
@@ -76,6 +108,7 @@ def serve(
     port: int = 8400,
     with_worker: bool = True,
     worker_settings: WorkerSettings | None = None,
+    runner_settings: RunnerSettings | None = None,
 ) -> None:
     """Serve the API until SIGTERM or SIGINT; with ``with_worker``, deliver in the same process.
 
@@ -83,7 +116,7 @@ def serve(
     the worker finishes its in-flight calls and releases its remaining leases.
     """
     with sole_process(hub):
-        _serve(hub, host, port, with_worker, worker_settings)
+        _serve(hub, host, port, with_worker, worker_settings, runner_settings)
 
 
 def _serve(
@@ -92,18 +125,19 @@ def _serve(
     port: int,
     with_worker: bool,
     worker_settings: WorkerSettings | None,
+    runner_settings: RunnerSettings | None,
 ) -> None:
-    worker = build_worker(hub, worker_settings) if with_worker else None
+    worker = Workers(hub, worker_settings, runner_settings) if with_worker else None
     if worker is not None and not hub.store.is_postgres:
         # Embedded mode: this process is the only one using the file, so any lease
         # left in it belongs to a process that died; do not wait for it to expire.
-        released = hub.store.release_leases(None)
+        released = hub.store.release_leases(None) + hub.processes.store.release(None)
         if released:
             log.warning("released %d leases left by a previous process", released)
 
     async def start_worker() -> Callable[[], Awaitable[None]]:
         assert worker is not None
-        task = asyncio.create_task(deliver(hub, worker), name="delivery-worker")
+        task = asyncio.create_task(worker.run(), name="charter-workers")
 
         async def stop() -> None:
             worker.stop()
@@ -132,15 +166,19 @@ def _serve(
     uvicorn.Server(config).run()
 
 
-def run_worker(hub: Hub, settings: WorkerSettings | None = None) -> None:
-    """Deliver until SIGTERM or SIGINT, then shut down gracefully."""
-    worker = build_worker(hub, settings)
+def run_worker(
+    hub: Hub,
+    settings: WorkerSettings | None = None,
+    runner_settings: RunnerSettings | None = None,
+) -> None:
+    """Deliver and run processes until SIGTERM or SIGINT, then shut down gracefully."""
+    worker = Workers(hub, settings, runner_settings)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-        await deliver(hub, worker)
+        await worker.run()
 
     with sole_process(hub):
         uvloop.run(main())

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from charter import __version__
 from charter.api.problems import install_problem_handlers
+from charter.api.processes import process_routes
 from charter.errors import NotFound
 from charter.hub.parsing import check_size
 from charter.runtime import Hub
@@ -65,6 +66,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    app.include_router(process_routes(hub))
     limits = hub.ingest.limits
 
     @app.post("/v1/systems/{system}/events", status_code=202, tags=["ingest"])

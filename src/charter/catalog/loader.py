@@ -28,6 +28,7 @@ from charter.catalog.model import (
     Team,
 )
 from charter.catalog.yamlsrc import Document, read_documents
+from charter.engine.spec import ProcessSpec, walk
 from charter.errors import CatalogError, Problem
 from charter.mapping import MappingSpec
 
@@ -40,6 +41,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "Entity": Entity,
     "Mapping": MappingSpec,
     "Integration": Integration,
+    "Process": ProcessSpec,
 }
 
 
@@ -55,6 +57,7 @@ class Project:
     entities: dict[tuple[str, int], Entity] = field(default_factory=dict)
     mappings: dict[tuple[str, int], MappingSpec] = field(default_factory=dict)
     integrations: dict[str, Integration] = field(default_factory=dict)
+    processes: dict[tuple[str, int], ProcessSpec] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -316,6 +319,8 @@ def _assemble(root: Path, collected: _Collected, problems: list[Problem]) -> Pro
         add("Mapping", (mapping.name, mapping.version), doc, mapping, project.mappings)
     for doc, integration in collected.objects.get("Integration", []):
         add("Integration", integration.name, doc, integration, project.integrations)
+    for doc, process in collected.objects.get("Process", []):
+        add("Process", (process.name, process.version), doc, process, project.processes)
     _check_references(project, where, problems, broken)
     return project
 
@@ -486,4 +491,79 @@ def _check_references(
                     f"/targets/{n}/mapping",
                     f"mapping {target.mapping} does not map {i.entity} to system {target.system!r}",
                     "name a mapping whose source is this entity and target this system",
+                )
+    _check_processes(project, problem, team, domain, system)
+
+
+def _check_processes(project: Project, problem: Any, team: Any, domain: Any, system: Any) -> None:
+    """References of processes: owners, systems with connectors, events, subprocesses."""
+    names = {name for name, _ in project.processes}
+    for key, p in project.processes.items():
+        team("Process", key, p.owner)
+        domain("Process", key, p.domain)
+        for n, trigger in enumerate(p.triggers):
+            if trigger.event is not None:
+                at = f"/triggers/{n}/event"
+                if system("Process", key, trigger.event.system, f"{at}/system") and (
+                    trigger.event.type not in project.systems[trigger.event.system].events
+                ):
+                    problem(
+                        "Process",
+                        key,
+                        f"{at}/type",
+                        f"system {trigger.event.system!r} declares no event {trigger.event.type!r}",
+                        f"add it under 'events:' of system {trigger.event.system!r}",
+                    )
+        for step in walk(p.steps):
+            calls = [step.call, step.compensate.call if step.compensate else None]
+            for call in (c for c in calls if c is not None):
+                if call.system not in project.systems:
+                    problem(
+                        "Process",
+                        key,
+                        "/steps",
+                        f"step {step.id!r} calls system {call.system!r}, which is not defined",
+                        f"add a 'kind: System' document named {call.system!r}",
+                    )
+                elif project.systems[call.system].connector is None:
+                    problem(
+                        "Process",
+                        key,
+                        "/steps",
+                        f"step {step.id!r} calls system {call.system!r}, which has no connector",
+                        f"add 'connector:' with a base_url to system {call.system!r}",
+                    )
+            if step.wait is not None and step.wait.event is not None:
+                event = step.wait.event
+                if event.system not in project.systems:
+                    problem(
+                        "Process",
+                        key,
+                        "/steps",
+                        f"step {step.id!r} waits for system {event.system!r}, which is not defined",
+                        f"add a 'kind: System' document named {event.system!r}",
+                    )
+                elif event.type not in project.systems[event.system].events:
+                    problem(
+                        "Process",
+                        key,
+                        "/steps",
+                        f"step {step.id!r} waits for {event.system}/{event.type}, which the "
+                        "system does not declare",
+                        f"add {event.type!r} under 'events:' of system {event.system!r}",
+                    )
+            for owner in (
+                step.approve.team if step.approve else None,
+                step.escalate.team if step.escalate else None,
+            ):
+                if owner is not None:
+                    team("Process", key, owner, "/steps")
+            if step.subprocess is not None and step.subprocess.process not in names:
+                problem(
+                    "Process",
+                    key,
+                    "/steps",
+                    f"step {step.id!r} starts process {step.subprocess.process!r}, which is "
+                    "not defined",
+                    "add that process or fix the name",
                 )

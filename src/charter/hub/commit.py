@@ -9,30 +9,39 @@ still answered only after its own batch is committed.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Generic, TypeVar
 
 from charter.errors import StoreError
-from charter.store import IngestBatch, IngestResult, Store
 
 MAX_GROUP = 512
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
-class GroupCommitter:
-    """Appends batches to a store, grouping those that arrive while a commit runs."""
+class GroupCommitter(Generic[Item, Result]):
+    """Commits items with ``commit``, grouping those that arrive while a commit runs.
 
-    def __init__(self, store: Store, max_group: int = MAX_GROUP) -> None:
-        self.store = store
+    ``commit`` takes a list of items and returns one result per item, in order,
+    all in one transaction.
+    """
+
+    def __init__(
+        self, commit: Callable[[list[Item]], list[Result]], max_group: int = MAX_GROUP
+    ) -> None:
+        self.commit = commit
         self.max_group = max_group
-        self._pending: list[tuple[IngestBatch, Future[IngestResult]]] = []
+        self._pending: list[tuple[Item, Future[Result]]] = []
         self._ready = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
         self.commits = 0
         self.batches = 0
 
-    def append(self, batch: IngestBatch) -> IngestResult:
-        """Append one batch durably; returns once it is committed (or raises)."""
-        future: Future[IngestResult] = Future()
+    def append(self, item: Item) -> Result:
+        """Commit one item durably; returns once it is committed (or raises)."""
+        future: Future[Result] = Future()
         with self._ready:
             if self._closed:
                 raise StoreError("the hub is shutting down", fix="retry the request")
@@ -41,7 +50,7 @@ class GroupCommitter:
                     target=self._run, name="charter-group-commit", daemon=True
                 )
                 self._thread.start()
-            self._pending.append((batch, future))
+            self._pending.append((item, future))
             self._ready.notify()
         return future.result()
 
@@ -64,9 +73,9 @@ class GroupCommitter:
                 del self._pending[: self.max_group]
             self._commit(group)
 
-    def _commit(self, group: list[tuple[IngestBatch, Future[IngestResult]]]) -> None:
+    def _commit(self, group: list[tuple[Item, Future[Result]]]) -> None:
         try:
-            results = self.store.append([batch for batch, _ in group])
+            results = self.commit([item for item, _ in group])
         except Exception as exc:
             # Any failure belongs to the waiting request, which turns it into its answer.
             if len(group) == 1:

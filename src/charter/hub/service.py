@@ -15,7 +15,7 @@ from charter.errors import BadRequest, IdempotencyKeyInFlight, IdempotencyKeyReu
 from charter.hub.commit import GroupCommitter
 from charter.hub.parsing import IngestLimits, parse_body
 from charter.hub.routing import Router
-from charter.store import IdempotencyRecord, IngestBatch, Store
+from charter.store import IdempotencyRecord, IngestBatch, IngestResult, Store
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -42,7 +42,7 @@ class IngestService:
         self.router = router
         self.store = store
         self.limits = limits or IngestLimits()
-        self.committer = GroupCommitter(store)
+        self.committer: GroupCommitter[IngestBatch, IngestResult] = GroupCommitter(store.append)
         self._in_flight: set[tuple[str, str]] = set()
         self._in_flight_lock = threading.Lock()
 

@@ -82,3 +82,77 @@ idempotency_keys = Table(
     Column("response", Text, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+process_definitions = Table(
+    "process_definitions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+process_instances = Table(
+    "process_instances",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("process", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("business_key", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("next_wake_at", Float),
+    Column("lease_owner", String(100)),
+    Column("lease_expires_at", Float),
+    Column("parent_id", String(36)),
+    Column("parent_step", String(64)),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("process", "business_key", name="uq_instance_process_key"),
+    Index("ix_instances_wake", "next_wake_at"),
+    Index("ix_instances_status", "process", "status"),
+)
+
+process_inbox = Table(
+    "process_inbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("instance_id", String(36), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+process_history = Table(
+    "process_history",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("instance_id", String(36), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("step", String(64)),
+    Column("what", String(64), nullable=False),
+    Column("detail", Text),
+)
+
+process_waits = Table(
+    "process_waits",
+    metadata,
+    Column("instance_id", String(36), primary_key=True),
+    Column("step", String(64), primary_key=True),
+    Column("system", String(64), nullable=False),
+    Column("type", String(200), nullable=False),
+    Column("field", String(200), nullable=False),
+    Column("value", Text, nullable=False),
+    Index("ix_waits_match", "system", "type", "field", "value"),
+)
+
+escalations = Table(
+    "escalations",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("team", String(64), nullable=False),
+    Column("instance_id", String(36), nullable=False),
+    Column("step", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)

@@ -1,0 +1,116 @@
+"""Process routes: start, search, show, and the operator's verbs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from charter.runtime import Hub
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    business_key: str = Field(min_length=1, max_length=255)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class Operation(BaseModel):
+    """The body of an operation; which fields apply depends on the operation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(default="api", min_length=1, max_length=100)
+    reason: str = ""
+    step: str | None = None
+    name: str | None = None
+    data: Any = None
+    event_id: str | None = None
+    approved: bool | None = None
+    comment: str = ""
+
+
+def _timestamp(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+def process_routes(hub: Hub) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["processes"])
+    service = hub.processes
+
+    @router.get("/processes")
+    async def list_processes() -> Response:
+        counts = await run_in_threadpool(service.store.counts)
+        return _json(
+            {
+                "processes": [
+                    {
+                        "name": p.name,
+                        "version": p.version,
+                        "owner": p.owner,
+                        "tier": p.tier.value,
+                        "steps": len(p.steps),
+                        "triggers": [t.model_dump(exclude_none=True) for t in p.triggers],
+                    }
+                    for p in service.definitions.specs()
+                ],
+                "instances": counts,
+            }
+        )
+
+    @router.post("/processes/{process}/instances")
+    async def start_instance(process: str, request: StartRequest) -> Response:
+        """Start an instance; the same process and business key never start two."""
+        ident, created = await run_in_threadpool(
+            service.start, process, request.business_key, request.input
+        )
+        return _json({"id": ident, "created": created}, 201 if created else 200)
+
+    @router.get("/processes/instances")
+    async def search_instances(
+        process: str | None = None,
+        status: str | None = None,
+        business_key: str | None = None,
+        since: str | None = Query(None, description="ISO 8601 time"),
+        until: str | None = Query(None, description="ISO 8601 time"),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> Response:
+        rows = await run_in_threadpool(
+            lambda: service.search(
+                process=process,
+                status=status,
+                business_key=business_key,
+                since=_timestamp(since),
+                until=_timestamp(until),
+                limit=limit,
+            )
+        )
+        return _json({"instances": rows})
+
+    @router.get("/processes/instances/{instance}")
+    async def show_instance(instance: str) -> Response:
+        return _json(await run_in_threadpool(service.get, instance))
+
+    @router.post("/processes/instances/{instance}/{operation}", status_code=202)
+    async def operate(instance: str, operation: str, request: Operation | None = None) -> Response:
+        """signal, event, approve, cancel, terminate, retry or skip."""
+        body = (request or Operation()).model_dump(exclude_none=True)
+        await run_in_threadpool(service.operate, instance, operation, body)
+        return _json({"instance": instance, "queued": operation}, 202)
+
+    @router.get("/escalations")
+    async def list_escalations(team: str | None = None, limit: int = Query(100, ge=1)) -> Response:
+        rows = await run_in_threadpool(service.store.escalations, team, limit)
+        return _json({"escalations": rows})
+
+    return router

@@ -1,0 +1,332 @@
+"""The process runner: claims due instances, applies events, commits transitions in groups,
+then carries out the calls and tasks those transitions asked for.
+
+Every transition is committed before anything it asks for is done. A worker
+holds an instance (a lease on the database clock) while its calls are in
+flight and lets it go when it only waits; after a crash, whoever takes the
+lease over issues the calls still outstanding again, with the same
+idempotency keys, so each takes effect once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from charter.connectors import Connector, TargetRequest
+from charter.engine import machine
+from charter.engine.definition import Definition
+from charter.engine.messages import (
+    Approved,
+    Call,
+    Cancel,
+    ChildFinished,
+    Command,
+    Event,
+    EventReceived,
+    InvalidOperation,
+    Retry,
+    RunTask,
+    SignalReceived,
+    Skip,
+    StepFailed,
+    StepSucceeded,
+    Terminate,
+    Transition,
+)
+from charter.engine.persist import Planner
+from charter.engine.registry import Definitions, TaskHandler, is_async
+from charter.errors import ConnectorError, RateLimited
+from charter.store.processes import InboxItem, InstanceRecord, InstanceWrite, SqlProcessStore
+
+log = logging.getLogger("charter.engine")
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    batch_size: int = 256
+    lease_seconds: float = 30.0
+    idle_poll: float = 0.05
+    max_idle: float = 2.0
+    max_in_flight: int = 512
+
+
+@dataclass
+class TaskContext:
+    """What a task handler learns about the step it runs for."""
+
+    instance_id: str
+    step: str
+    attempt: int
+    idempotency_key: str
+    compensation: bool
+
+
+@dataclass
+class _Held:
+    record: InstanceRecord
+    definition: Definition
+    in_flight: set[tuple[str, int, bool]] = field(default_factory=set)
+
+
+def inbox_event(item: InboxItem, now: float) -> Event | None:
+    """The machine event of an inbox item (None for kinds the runner handles itself)."""
+    b = item.body
+    kind = item.kind
+    if kind == "event":
+        return EventReceived(b["step"], b.get("event_id", ""), b.get("data"), now)
+    if kind == "signal":
+        return SignalReceived(b["name"], b.get("data"), now)
+    if kind == "approve":
+        return Approved(b["step"], bool(b["approved"]), b["by"], now, b.get("comment", ""))
+    if kind == "child_finished":
+        return ChildFinished(b["step"], b["status"], b.get("output"), now)
+    if kind == "cancel":
+        return Cancel(b["by"], b.get("reason", ""), now)
+    if kind == "terminate":
+        return Terminate(b["by"], b.get("reason", ""), now)
+    if kind == "retry":
+        return Retry(b["by"], now)
+    if kind == "skip":
+        return Skip(b["step"], b["by"], now)
+    return None
+
+
+class ProcessRunner:
+    """Advances process instances until stopped; run one per worker process."""
+
+    def __init__(
+        self,
+        store: SqlProcessStore,
+        definitions: Definitions,
+        connectors: Mapping[str, Connector],
+        tasks: Mapping[str, TaskHandler],
+        name: str,
+        settings: RunnerSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.definitions = definitions
+        self.planner = Planner(definitions)
+        self.connectors = connectors
+        self.tasks = tasks
+        self.name = name
+        self.settings = settings or RunnerSettings()
+        self.listening = False
+        self._held: dict[str, _Held] = {}
+        self._results: list[tuple[str, Event]] = []
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.transitions = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while not self._stopping.is_set():
+                worked = await self._tick()
+                if not worked:
+                    await self._idle()
+        finally:
+            heartbeat.cancel()
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        # Calls in flight may finish; their results are committed, the rest released.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        for task in self._tasks:
+            task.cancel()
+        if self._results:
+            await self._tick(claim=False)
+        await asyncio.to_thread(self.store.release, self.name)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            if self._held:
+                await asyncio.to_thread(
+                    self.store.extend_leases,
+                    self.name,
+                    list(self._held),
+                    self.settings.lease_seconds,
+                )
+
+    async def _idle(self) -> None:
+        self._wake.clear()
+        if self._results:
+            return
+        timeout = self.settings.idle_poll
+        if not self._held:
+            due = await asyncio.to_thread(self.store.next_due_at)
+            ceiling = self.settings.max_idle if self.listening else self.settings.idle_poll
+            timeout = ceiling if due is None else min(ceiling, max(0.0, due - time.time()))
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _tick(self, claim: bool = True) -> bool:
+        """Claim, apply, commit, dispatch once; False when there was nothing to do."""
+        capacity = self.settings.max_in_flight - len(self._held)
+        limit = min(self.settings.batch_size, capacity) if claim else 0
+        claimed = await asyncio.to_thread(
+            self.store.claim, self.name, limit, self.settings.lease_seconds, list(self._held)
+        )
+        now = time.time()
+        results, self._results = self._results, []
+        touched: dict[str, tuple[list[Event], list[int]]] = {}
+        fresh: set[str] = set()
+        for record in claimed.instances:
+            try:
+                definition = self.definitions.get(record.process, record.version)
+            except Exception:
+                log.exception("instance %s cannot load its definition", record.id)
+                continue
+            self._held[record.id] = _Held(record, definition)
+            touched[record.id] = ([], [])
+            fresh.add(record.id)
+        for instance, items in claimed.inbox.items():
+            if instance not in self._held:
+                continue
+            events, consumed = touched.setdefault(instance, ([], []))
+            for item in items:
+                consumed.append(item.id)
+                event = inbox_event(item, now)
+                if event is not None:
+                    events.append(event)
+        for instance, event in results:
+            if instance in self._held:
+                touched.setdefault(instance, ([], []))[0].append(event)
+        for instance, held in self._held.items():
+            due = machine.due_timers(held.record.state, now)
+            if due:
+                touched.setdefault(instance, ([], []))[0].extend(due)
+        if not touched:
+            return False
+        writes: list[InstanceWrite] = []
+        for instance, (events, consumed) in touched.items():
+            held = self._held[instance]
+            transition = self._apply(held, events, now)
+            writes.append(
+                self.planner.write(held.record, transition, now, consumed=consumed, keep_lease=True)
+            )
+        outcomes = await asyncio.to_thread(
+            self.store.write, self.name, writes, self.settings.lease_seconds
+        )
+        self.transitions += len(writes)
+        for write, outcome in zip(writes, outcomes, strict=True):
+            instance = write.instance.id
+            if outcome.outcome != "ok":
+                log.warning("lost the lease of %s; another worker goes on with it", instance)
+                self._held.pop(instance, None)
+                continue
+            held = self._held[instance]
+            held.record = write.instance
+            if not write.keep_lease:
+                self._held.pop(instance, None)
+                continue
+            self._dispatch(held, redo=instance in fresh)
+        return True
+
+    def _apply(self, held: _Held, events: list[Event], now: float) -> Transition:
+        state = held.record.state
+        combined = Transition(state)
+        for event in events:
+            try:
+                step = machine.advance(held.definition, state, event)
+            except InvalidOperation as exc:
+                combined.history.append({"at": now, "what": "refused", "reason": str(exc)})
+                continue
+            state = step.state
+            combined.commands.extend(step.commands)
+            combined.history.extend(step.history)
+        combined.state = state
+        return combined
+
+    def _dispatch(self, held: _Held, redo: bool) -> None:
+        """Start the calls and tasks the state has outstanding and not already in flight."""
+        for command in machine.outstanding(held.definition, held.record.state):
+            assert isinstance(command, Call | RunTask)
+            token = (command.step, command.attempt, command.compensation)
+            if token in held.in_flight:
+                continue
+            held.in_flight.add(token)
+            task = asyncio.create_task(self._effect(held.record.id, command, token))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _effect(self, instance: str, command: Command, token: tuple[str, int, bool]) -> None:
+        assert isinstance(command, Call | RunTask)
+        try:
+            output = await self._perform(instance, command)
+            result: Event = StepSucceeded(
+                command.step, command.attempt, output, time.time(), command.compensation
+            )
+        except ConnectorError as exc:
+            result = StepFailed(
+                command.step,
+                command.attempt,
+                exc.detail,
+                exc.retryable,
+                time.time(),
+                retry_after=exc.retry_after if isinstance(exc, RateLimited) else None,
+                compensation=command.compensation,
+            )
+        except Exception as exc:  # a task handler's own failure becomes the step's failure
+            result = StepFailed(
+                command.step,
+                command.attempt,
+                f"{type(exc).__name__}: {exc}",
+                retryable=not isinstance(exc, ValueError | TypeError | KeyError),
+                now=time.time(),
+                compensation=command.compensation,
+            )
+        held = self._held.get(instance)
+        if held is not None:
+            held.in_flight.discard(token)
+            self._results.append((instance, result))
+            self._wake.set()
+
+    async def _perform(self, instance: str, command: Call | RunTask) -> Any:
+        if isinstance(command, Call):
+            connector = self.connectors.get(command.system)
+            if connector is None:
+                raise ValueError(f"system {command.system!r} has no connector")
+            request = TargetRequest(
+                method=command.method,
+                path=command.path,
+                body=orjson.dumps(command.body) if command.body is not None else b"",
+                idempotency_key=command.idempotency_key,
+                headers={"x-charter-instance-id": instance, "x-charter-step": command.step},
+            )
+            call = connector.call(request)
+            response = await (asyncio.wait_for(call, command.timeout) if command.timeout else call)
+            if not response.body:
+                return {}
+            try:
+                return orjson.loads(response.body)
+            except orjson.JSONDecodeError:
+                return {"body": response.body.decode("utf-8", "replace")}
+        handler = self.tasks.get(command.handler)
+        if handler is None:
+            raise KeyError(f"no task handler {command.handler!r} in the project's tasks.py")
+        context = TaskContext(
+            instance, command.step, command.attempt, command.idempotency_key, command.compensation
+        )
+        if is_async(handler):
+            run = handler(command.input, context)
+            return await (asyncio.wait_for(run, command.timeout) if command.timeout else run)
+        return await asyncio.to_thread(handler, command.input, context)

@@ -1,0 +1,119 @@
+"""Process operations for the API and the CLI: start, search, show, and the operator's verbs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from charter.engine import machine
+from charter.engine.messages import InvalidOperation
+from charter.engine.persist import Planner
+from charter.engine.registry import Definitions
+from charter.engine.runner import inbox_event
+from charter.errors import BadRequest, Conflict, NotFound
+from charter.hub.commit import GroupCommitter
+from charter.store.processes import InboxItem, InstanceWrite, SqlProcessStore, WriteResult
+
+OPERATIONS = ("signal", "event", "approve", "cancel", "terminate", "retry", "skip")
+
+
+class ProcessService:
+    """What people and programs do with process instances.
+
+    Operations are checked against the instance's current state right away
+    (a refused one answers 409 with the reason) and then handed to the
+    instance's inbox, where a worker applies them in order.
+    """
+
+    def __init__(self, store: SqlProcessStore, definitions: Definitions) -> None:
+        self.store = store
+        self.definitions = definitions
+        self.planner = Planner(definitions)
+        self.starts: GroupCommitter[InstanceWrite, WriteResult] = GroupCommitter(
+            lambda writes: store.write(None, writes)
+        )
+
+    def start(self, process: str, business_key: str, input_: Any) -> tuple[str, bool]:
+        """Start ``process`` for ``business_key``; an existing instance is returned, not doubled."""
+        if not business_key or len(business_key) > 255:
+            raise BadRequest(
+                f"business key {business_key!r} must be 1 to 255 characters",
+                fix="send the order, deal or customer id that identifies this run",
+            )
+        write, _ = self.planner.new_instance(process, business_key, input_, time.time())
+        result = self.starts.append(write)
+        return result.id, result.outcome == "ok"
+
+    def get(self, instance: str) -> dict[str, Any]:
+        record = self.store.get(instance)
+        if record is None:
+            raise NotFound(
+                f"there is no process instance {instance!r}",
+                fix="find it with 'charter process list' or GET /v1/processes/instances",
+            )
+        state = record.state
+        return {
+            "id": record.id,
+            "process": record.process,
+            "version": record.version,
+            "business_key": record.business_key,
+            "status": record.status,
+            "reason": state.get("reason"),
+            "parent_id": record.parent_id,
+            "context": state["context"],
+            "steps": state["steps"],
+            "waits": state["waits"],
+            "timers": state["timers"],
+            "timeline": self.store.history(instance),
+        }
+
+    def search(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.store.search(**filters)
+
+    def operate(self, instance: str, kind: str, body: dict[str, Any]) -> None:
+        """Check an operation against the current state, then queue it for the instance."""
+        if kind not in OPERATIONS:
+            raise BadRequest(
+                f"unknown operation {kind!r}", fix=f"use one of {', '.join(OPERATIONS)}"
+            )
+        record = self.store.get(instance)
+        if record is None:
+            raise NotFound(
+                f"there is no process instance {instance!r}",
+                fix="find it with 'charter process list'",
+            )
+        if kind == "event" and "step" not in body:
+            body = {**body, "step": self._waiting_step(record.state, body)}
+        try:
+            event = inbox_event(InboxItem(0, instance, kind, body), time.time())
+        except KeyError as exc:
+            raise BadRequest(
+                f"operation {kind!r} needs {exc.args[0]!r}", fix=f'send {{"{exc.args[0]}": ...}}'
+            ) from exc
+        assert event is not None
+        definition = self.definitions.get(record.process, record.version)
+        try:
+            transition = machine.advance(definition, record.state, event)
+        except InvalidOperation as exc:
+            raise Conflict(
+                str(exc), fix="look at the instance with 'charter process show'"
+            ) from exc
+        if kind in ("signal", "event") and any(h["what"] == "ignored" for h in transition.history):
+            raise Conflict(
+                f"instance {instance} is not waiting for this {kind}",
+                fix="check its waits with 'charter process show'",
+            )
+        self.store.enqueue(instance, kind, body)
+
+    @staticmethod
+    def _waiting_step(state: dict[str, Any], body: dict[str, Any]) -> str:
+        waiting = [s for s, w in state["waits"].items() if w.get("kind") == "event"]
+        if len(waiting) != 1:
+            raise BadRequest(
+                f"the instance waits for {len(waiting)} events; say which step this one is for",
+                fix='send {"step": <step id>, "data": ...}',
+            )
+        return str(waiting[0])
+
+    def close(self) -> None:
+        self.starts.close()

@@ -1,0 +1,444 @@
+"""Durable state of process instances: definitions, instances, inbox, history, waits.
+
+Shares the database and, on SQLite, the single writer of :class:`SqlStore`.
+Each instance is advanced by one worker at a time: the worker holds a lease
+on the database clock, and every write checks that it still does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
+
+from charter.store.schema import (
+    escalations,
+    process_definitions,
+    process_history,
+    process_inbox,
+    process_instances,
+    process_waits,
+)
+from charter.store.sql import SqlStore, _row
+
+PROCESSES_CHANNEL = "charter_processes"
+TERMINAL_STATUSES = ("completed", "compensated", "cancelled", "terminated")
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    id: str
+    process: str
+    version: int
+    business_key: str
+    status: str
+    state: dict[str, Any]
+    parent_id: str | None = None
+    parent_step: str | None = None
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    id: int
+    instance_id: str
+    kind: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WaitRow:
+    step: str
+    system: str
+    type: str
+    field: str
+    value: str
+
+
+@dataclass
+class InstanceWrite:
+    """One transition of one instance, with everything that must commit with it."""
+
+    instance: InstanceRecord
+    new: bool = False
+    next_wake_at: float | None = None
+    keep_lease: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    waits: list[WaitRow] = field(default_factory=list)
+    consumed: list[int] = field(default_factory=list)
+    children: list[InstanceWrite] = field(default_factory=list)
+    escalations: list[tuple[str, str, str]] = field(default_factory=list)
+    parent_message: tuple[str, str, dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """``ok``; ``exists`` (a new instance whose process and key were taken: ``id`` is the
+    existing one); or ``lost`` (the lease moved to another worker: nothing written)."""
+
+    outcome: str
+    id: str
+
+
+@dataclass
+class Claim:
+    instances: list[InstanceRecord] = field(default_factory=list)
+    inbox: dict[str, list[InboxItem]] = field(default_factory=dict)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _record(row: Any) -> InstanceRecord:
+    return InstanceRecord(
+        id=row.id,
+        process=row.process,
+        version=row.version,
+        business_key=row.business_key,
+        status=row.status,
+        state=orjson.loads(row.state),
+        parent_id=row.parent_id,
+        parent_step=row.parent_step,
+    )
+
+
+class SqlProcessStore:
+    """Process instances in the hub's database (SQLite or PostgreSQL)."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.engine = store.engine
+
+    # definitions
+
+    def save_definition(self, name: str, version: int, spec: str) -> None:
+        """Keep the definition an instance started with, so later edits never change it."""
+        with self.store._write() as conn:
+            conn.execute(
+                self.store._insert_ignore(process_definitions),
+                {
+                    "name": name,
+                    "version": version,
+                    "spec": spec,
+                    "created_at": self.store._now(conn),
+                },
+            )
+
+    def load_definition(self, name: str, version: int) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(process_definitions.c.spec).where(
+                    process_definitions.c.name == name, process_definitions.c.version == version
+                )
+            ).scalar()
+        return str(value) if value is not None else None
+
+    # writing transitions
+
+    def write(
+        self, worker: str | None, writes: list[InstanceWrite], lease_seconds: float = 30.0
+    ) -> list[WriteResult]:
+        """Commit many transitions in one transaction (group commit)."""
+        results: list[WriteResult] = []
+        with self.store._write() as conn:
+            now = self.store._now(conn)
+            for w in writes:
+                results.append(self._write_one(conn, worker, w, now, lease_seconds))
+            if self.store.is_postgres and any(r.outcome == "ok" for r in results):
+                conn.execute(text(f"NOTIFY {PROCESSES_CHANNEL}"))
+        return results
+
+    def _write_one(
+        self, conn: Connection, worker: str | None, w: InstanceWrite, now: float, lease: float
+    ) -> WriteResult:
+        i = w.instance
+        values = {
+            "status": i.status,
+            "state": _json(i.state),
+            "next_wake_at": w.next_wake_at,
+            "lease_owner": worker if w.keep_lease else None,
+            "lease_expires_at": now + lease if w.keep_lease else None,
+            "updated_at": now,
+        }
+        if w.new:
+            inserted = conn.execute(
+                self.store._insert_ignore(process_instances).returning(process_instances.c.id),
+                {
+                    "id": i.id,
+                    "process": i.process,
+                    "version": i.version,
+                    "business_key": i.business_key,
+                    "parent_id": i.parent_id,
+                    "parent_step": i.parent_step,
+                    "created_at": now,
+                    **values,
+                },
+            ).first()
+            if inserted is None:
+                existing = conn.execute(
+                    select(process_instances.c.id).where(
+                        process_instances.c.process == i.process,
+                        process_instances.c.business_key == i.business_key,
+                    )
+                ).scalar_one()
+                return WriteResult("exists", str(existing))
+        else:
+            owned = process_instances.c.id == i.id
+            if worker is not None:
+                owned = and_(owned, process_instances.c.lease_owner == worker)
+            if conn.execute(update(process_instances).where(owned).values(**values)).rowcount == 0:
+                return WriteResult("lost", i.id)
+        if w.history:
+            conn.execute(
+                insert(process_history),
+                [
+                    {
+                        "instance_id": i.id,
+                        "at": h.get("at", now),
+                        "step": h.get("step"),
+                        "what": h["what"],
+                        "detail": _json(
+                            {k: v for k, v in h.items() if k not in ("at", "step", "what")}
+                        ),
+                    }
+                    for h in w.history
+                ],
+            )
+        conn.execute(delete(process_waits).where(process_waits.c.instance_id == i.id))
+        if w.waits:
+            conn.execute(
+                insert(process_waits),
+                [{"instance_id": i.id, **vars(wait)} for wait in w.waits],
+            )
+        if w.consumed:
+            conn.execute(delete(process_inbox).where(process_inbox.c.id.in_(w.consumed)))
+        for team, step, message in w.escalations:
+            conn.execute(
+                insert(escalations),
+                {
+                    "team": team,
+                    "instance_id": i.id,
+                    "step": step,
+                    "message": message,
+                    "created_at": now,
+                },
+            )
+        for child in w.children:
+            result = self._write_one(conn, None, child, now, lease)
+            if result.outcome == "exists":
+                # The child already ran under this key: tell the parent about it now.
+                self._enqueue(
+                    conn,
+                    i.id,
+                    "child_exists",
+                    {"step": child.instance.parent_step, "id": result.id},
+                    now,
+                )
+        if w.parent_message is not None:
+            parent, kind, body = w.parent_message
+            self._enqueue(conn, parent, kind, body, now)
+        return WriteResult("ok", i.id)
+
+    def _enqueue(
+        self, conn: Connection, instance: str, kind: str, body: dict[str, Any], now: float
+    ) -> None:
+        conn.execute(
+            insert(process_inbox),
+            {"instance_id": instance, "kind": kind, "body": _json(body), "created_at": now},
+        )
+        # Due now, unless an earlier wake-up is already set.
+        conn.execute(
+            update(process_instances)
+            .where(process_instances.c.id == instance)
+            .values(
+                next_wake_at=func.coalesce(
+                    func.min(process_instances.c.next_wake_at, now)
+                    if not self.store.is_postgres
+                    else func.least(process_instances.c.next_wake_at, now),
+                    now,
+                )
+            )
+        )
+
+    def enqueue(self, instance: str, kind: str, body: dict[str, Any]) -> None:
+        """Hand an event or operation to an instance; a worker applies it."""
+        with self.store._write() as conn:
+            self._enqueue(conn, instance, kind, body, self.store._now(conn))
+            if self.store.is_postgres:
+                conn.execute(text(f"NOTIFY {PROCESSES_CHANNEL}"))
+
+    # claiming
+
+    def claim(self, worker: str, limit: int, lease_seconds: float, held: list[str]) -> Claim:
+        """Lease up to ``limit`` due instances, and read the inbox of those already held."""
+        claim = Claim()
+        with self.store._write() as conn:
+            now = self.store._now(conn)
+            ids: list[str] = []
+            if limit > 0:
+                due = (
+                    select(process_instances.c.id)
+                    .where(
+                        process_instances.c.next_wake_at <= now,
+                        or_(
+                            process_instances.c.lease_expires_at.is_(None),
+                            process_instances.c.lease_expires_at < now,
+                        ),
+                    )
+                    .order_by(process_instances.c.next_wake_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+                ids = [str(x) for x in conn.execute(due).scalars()]
+            if ids:
+                rows = conn.execute(
+                    update(process_instances)
+                    .where(process_instances.c.id.in_(ids))
+                    .values(lease_owner=worker, lease_expires_at=now + lease_seconds)
+                    .returning(*process_instances.c)
+                ).all()
+                claim.instances = [_record(r) for r in rows]
+            wanted = ids + held
+            for chunk in range(0, len(wanted), 500):
+                part = wanted[chunk : chunk + 500]
+                for r in conn.execute(
+                    select(process_inbox)
+                    .where(process_inbox.c.instance_id.in_(part))
+                    .order_by(process_inbox.c.id)
+                ):
+                    claim.inbox.setdefault(r.instance_id, []).append(
+                        InboxItem(r.id, r.instance_id, r.kind, orjson.loads(r.body))
+                    )
+        return claim
+
+    def extend_leases(self, worker: str, ids: list[str], lease_seconds: float) -> None:
+        if not ids:
+            return
+        with self.store._write() as conn:
+            now = self.store._now(conn)
+            conn.execute(
+                update(process_instances)
+                .where(process_instances.c.id.in_(ids), process_instances.c.lease_owner == worker)
+                .values(lease_expires_at=now + lease_seconds)
+            )
+
+    def release(self, worker: str | None) -> int:
+        """Release the leases of ``worker`` (every lease when None: embedded start-up)."""
+        owned = (
+            process_instances.c.lease_owner.is_not(None)
+            if worker is None
+            else process_instances.c.lease_owner == worker
+        )
+        with self.store._write() as conn:
+            now = self.store._now(conn)
+            # A released instance may have calls in flight: make it due at once.
+            result = conn.execute(
+                update(process_instances)
+                .where(owned)
+                .values(
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    next_wake_at=func.coalesce(process_instances.c.next_wake_at, now),
+                )
+            )
+        return int(result.rowcount)
+
+    def next_due_at(self) -> float | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.min(process_instances.c.next_wake_at))).scalar()
+        return float(value) if value is not None else None
+
+    # reading
+
+    def get(self, instance: str) -> InstanceRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(process_instances).where(process_instances.c.id == instance)
+            ).first()
+        return _record(row) if row is not None else None
+
+    def find(self, process: str, business_key: str) -> InstanceRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(process_instances).where(
+                    process_instances.c.process == process,
+                    process_instances.c.business_key == business_key,
+                )
+            ).first()
+        return _record(row) if row is not None else None
+
+    def search(
+        self,
+        *,
+        process: str | None = None,
+        status: str | None = None,
+        business_key: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        columns = [c for c in process_instances.c if c.name not in ("state",)]
+        query = select(*columns).order_by(process_instances.c.created_at.desc()).limit(limit)
+        if process is not None:
+            query = query.where(process_instances.c.process == process)
+        if status is not None:
+            query = query.where(process_instances.c.status == status)
+        if business_key is not None:
+            query = query.where(process_instances.c.business_key == business_key)
+        if since is not None:
+            query = query.where(process_instances.c.created_at >= since)
+        if until is not None:
+            query = query.where(process_instances.c.created_at < until)
+        with self.engine.connect() as conn:
+            return [_row(r._mapping) for r in conn.execute(query)]
+
+    def counts(self, process: str | None = None) -> dict[str, int]:
+        query = select(process_instances.c.status, func.count()).group_by(
+            process_instances.c.status
+        )
+        if process is not None:
+            query = query.where(process_instances.c.process == process)
+        with self.engine.connect() as conn:
+            return {str(status): int(n) for status, n in conn.execute(query)}
+
+    def history(self, instance: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(process_history)
+                .where(process_history.c.instance_id == instance)
+                .order_by(process_history.c.id)
+            )
+            found = []
+            for r in rows:
+                entry = {"at": r.at, "what": r.what}
+                if r.step is not None:
+                    entry["step"] = r.step
+                entry.update(orjson.loads(r.detail) if r.detail else {})
+                found.append(entry)
+            return found
+
+    def escalations(self, team: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(escalations).order_by(escalations.c.id.desc()).limit(limit)
+        if team is not None:
+            query = query.where(escalations.c.team == team)
+        with self.engine.connect() as conn:
+            return [_row(r._mapping) for r in conn.execute(query)]
+
+    def waits_for(
+        self, system: str, type_: str, field_: str, values: list[str]
+    ) -> list[tuple[str, str]]:
+        """(instance, step) of the waits an event with these correlation values satisfies."""
+        if not values:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(process_waits.c.instance_id, process_waits.c.step).where(
+                    process_waits.c.system == system,
+                    process_waits.c.type == type_,
+                    process_waits.c.field == field_,
+                    process_waits.c.value.in_(values),
+                )
+            )
+            return [(str(a), str(b)) for a, b in rows]
