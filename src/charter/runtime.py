@@ -9,6 +9,7 @@ from pathlib import Path
 from charter.catalog import Project, load_project
 from charter.engine.registry import Definitions, TaskHandler, load_tasks
 from charter.engine.service import ProcessService
+from charter.engine.triggers import EventBridge
 from charter.errors import SchemaOutOfDate
 from charter.hub import IngestLimits, IngestService, Router
 from charter.store import SqlStore, current_revision, head_revision, upgrade
@@ -66,13 +67,15 @@ class Hub:
             )
         router = Router(project)
         process_store = SqlProcessStore(store)
-        definitions = Definitions(project.processes, process_store)
+        store.append_extensions.append(process_store)
+        processes = ProcessService(process_store, Definitions(project.processes, process_store))
+        bridge = EventBridge(processes.definitions, processes.planner)
         return cls(
             project=project,
             store=store,
             router=router,
-            ingest=IngestService(router, store, limits),
-            processes=ProcessService(process_store, definitions),
+            ingest=IngestService(router, store, limits, bridge.annotate if bridge.active else None),
+            processes=processes,
             tasks=load_tasks(project.root),
             url=url,
         )

@@ -7,6 +7,7 @@ calls and tasks happen after the commit, and those carry idempotency keys.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -26,8 +27,12 @@ def instance_id(process: str, business_key: str) -> str:
 
 
 def correlation_value(value: Any) -> str:
-    """How a correlation value is stored and matched: text as is, anything else as JSON."""
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
+    """How a correlation value is stored and matched: text as is, anything else as JSON;
+    long values by their SHA-256."""
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    if len(text) > 200:
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return text
 
 
 def wait_rows(state: dict[str, Any]) -> list[WaitRow]:
@@ -107,13 +112,16 @@ class Planner:
         # With effects in flight the instance is due at once: if this worker dies,
         # whoever takes the lease over issues them again.
         wake = now if effects else machine.next_wake(state)
+        waits = wait_rows(state)
+        before = set() if new else set(wait_rows(record.state))
         write = InstanceWrite(
             instance=updated,
             new=new,
             next_wake_at=wake,
             keep_lease=keep_lease and bool(effects),
             history=transition.history,
-            waits=wait_rows(state),
+            waits=waits,
+            new_waits=[w for w in waits if w not in before],
             consumed=consumed or [],
         )
         for command in transition.commands:

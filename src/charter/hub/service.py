@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +15,7 @@ from charter.errors import BadRequest, IdempotencyKeyInFlight, IdempotencyKeyReu
 from charter.hub.commit import GroupCommitter
 from charter.hub.parsing import IngestLimits, parse_body
 from charter.hub.routing import Router
-from charter.store import IdempotencyRecord, IngestBatch, IngestResult, Store
+from charter.store import IdempotencyRecord, IngestBatch, IngestResult, NewEvent, Store
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -38,8 +38,16 @@ class IngestService:
     while the first request is still being processed, the second gets 409.
     """
 
-    def __init__(self, router: Router, store: Store, limits: IngestLimits | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        store: Store,
+        limits: IngestLimits | None = None,
+        annotate: Callable[[list[NewEvent], list[Any]], list[NewEvent]] | None = None,
+    ) -> None:
+        """``annotate`` adds what the events mean to processes (see ``engine.triggers``)."""
         self.router = router
+        self.annotate = annotate
         self.store = store
         self.limits = limits or IngestLimits()
         self.committer: GroupCommitter[IngestBatch, IngestResult] = GroupCommitter(store.append)
@@ -92,6 +100,8 @@ class IngestService:
         events = parse_body(body, content_type, self.limits)
         batch = body.lstrip()[:1] == b"["
         prepared = self.router.prepare(system, events, batch)
+        if self.annotate is not None:
+            prepared = self.annotate(prepared, [e.data for e in events])
         answer = {
             "accepted": len(prepared),
             "ids": [e.id for e in prepared],

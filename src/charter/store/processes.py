@@ -7,14 +7,18 @@ on the database clock, and every write checks that it still does.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
 
+from charter.store.protocol import IngestBatch, NewEvent
 from charter.store.schema import (
     escalations,
+    event_keys,
+    events,
     process_definitions,
     process_history,
     process_inbox,
@@ -66,6 +70,8 @@ class InstanceWrite:
     keep_lease: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
     waits: list[WaitRow] = field(default_factory=list)
+    # Waits this transition registers (the others were registered before).
+    new_waits: list[WaitRow] = field(default_factory=list)
     consumed: list[int] = field(default_factory=list)
     children: list[InstanceWrite] = field(default_factory=list)
     escalations: list[tuple[str, str, str]] = field(default_factory=list)
@@ -212,6 +218,8 @@ class SqlProcessStore:
                 insert(process_waits),
                 [{"instance_id": i.id, **vars(wait)} for wait in w.waits],
             )
+        if w.new_waits:
+            self._match_arrived(conn, i.id, w.new_waits, now)
         if w.consumed:
             conn.execute(delete(process_inbox).where(process_inbox.c.id.in_(w.consumed)))
         for team, step, message in w.escalations:
@@ -240,6 +248,89 @@ class SqlProcessStore:
             parent, kind, body = w.parent_message
             self._enqueue(conn, parent, kind, body, now)
         return WriteResult("ok", i.id)
+
+    # matching events and waits
+
+    def _lock(self, conn: Connection, keys: list[tuple[str, str, str, str]]) -> None:
+        """Serialise event arrival and wait registration per correlation value (PostgreSQL).
+
+        Without it, an event committed while a wait for it is being registered
+        could be missed by both sides. SQLite has one writer, so needs nothing.
+        """
+        if not self.store.is_postgres:
+            return
+        for key in sorted(set(keys)):
+            digest = hashlib.sha256("\x00".join(key).encode()).digest()
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:k)"),
+                {"k": int.from_bytes(digest[:8], "big", signed=True)},
+            )
+
+    def before_append(self, conn: Connection, batches: list[IngestBatch]) -> None:
+        keys = [
+            (e.system, e.type, f, v) for b in batches for e in b.events for f, v in e.correlations
+        ]
+        if keys:
+            self._lock(conn, keys)
+
+    def after_append(self, conn: Connection, appended: list[NewEvent], now: float) -> None:
+        """Start the instances new events trigger and hand them to the waits they match."""
+        for event in appended:
+            for start in event.starts:
+                self._write_one(conn, None, start, now, 0.0)
+            if not event.correlations:
+                continue
+            conn.execute(
+                self.store._insert_ignore(event_keys),
+                [
+                    {
+                        "system": event.system,
+                        "type": event.type,
+                        "field": f,
+                        "value": v,
+                        "event_id": event.id,
+                        "received_at": now,
+                    }
+                    for f, v in event.correlations
+                ],
+            )
+            for field_, value in event.correlations:
+                for instance, step in conn.execute(
+                    select(process_waits.c.instance_id, process_waits.c.step).where(
+                        process_waits.c.system == event.system,
+                        process_waits.c.type == event.type,
+                        process_waits.c.field == field_,
+                        process_waits.c.value == value,
+                    )
+                ).all():
+                    body = {"step": step, "event_id": event.id, "data": orjson.loads(event.data)}
+                    self._enqueue(conn, str(instance), "event", body, now)
+
+    def _match_arrived(
+        self, conn: Connection, instance: str, waits: list[WaitRow], now: float
+    ) -> None:
+        """Events that arrived for a wait before it was registered satisfy it at once."""
+        self._lock(conn, [(w.system, w.type, w.field, w.value) for w in waits])
+        started = conn.execute(
+            select(process_instances.c.created_at).where(process_instances.c.id == instance)
+        ).scalar()
+        for wait in waits:
+            row = conn.execute(
+                select(events.c.id, events.c.data)
+                .join(event_keys, event_keys.c.event_id == events.c.id)
+                .where(
+                    event_keys.c.system == wait.system,
+                    event_keys.c.type == wait.type,
+                    event_keys.c.field == wait.field,
+                    event_keys.c.value == wait.value,
+                    event_keys.c.received_at >= (started if started is not None else now),
+                )
+                .order_by(events.c.seq)
+                .limit(1)
+            ).first()
+            if row is not None:
+                body = {"step": wait.step, "event_id": row.id, "data": orjson.loads(row.data)}
+                self._enqueue(conn, instance, "event", body, now)
 
     def _enqueue(
         self, conn: Connection, instance: str, kind: str, body: dict[str, Any], now: float

@@ -35,6 +35,10 @@ class NewEvent:
     time: str | None
     data: str
     deliveries: list[NewDelivery] = field(default_factory=list)
+    # Values of the event that process waits correlate on: (field path, value).
+    correlations: list[tuple[str, str]] = field(default_factory=list)
+    # Process instances the event starts (``InstanceWrite`` objects of the engine).
+    starts: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

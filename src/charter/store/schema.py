@@ -156,3 +156,14 @@ escalations = Table(
     Column("message", Text, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+event_keys = Table(
+    "event_keys",
+    metadata,
+    Column("system", String(64), primary_key=True),
+    Column("type", String(200), primary_key=True),
+    Column("field", String(200), primary_key=True),
+    Column("value", String(255), primary_key=True),
+    Column("event_id", String(36), primary_key=True),
+    Column("received_at", Float, nullable=False),
+)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Connection,
@@ -79,6 +79,14 @@ def create_store_engine(url: str) -> Engine:
     )
 
 
+class AppendExtension(Protocol):
+    """Work done inside the transaction that appends events."""
+
+    def before_append(self, conn: Connection, batches: list[IngestBatch]) -> None: ...
+
+    def after_append(self, conn: Connection, events: list[NewEvent], now: float) -> None: ...
+
+
 def _row(mapping: Any) -> dict[str, Any]:
     # Column keys are SQLAlchemy's quoted_name, a str subclass JSON encoders refuse.
     return {str(key): value for key, value in mapping.items()}
@@ -92,6 +100,8 @@ class SqlStore:
         self.is_postgres = engine.dialect.name == "postgresql"
         # SQLite has one writer; queueing writers in-process avoids busy-wait storms.
         self._write_lock = threading.Lock() if not self.is_postgres else None
+        # Work that must commit with appended events (process triggers and waits).
+        self.append_extensions: list[AppendExtension] = []
 
     @classmethod
     def from_url(cls, url: str) -> SqlStore:
@@ -135,6 +145,8 @@ class SqlStore:
         results: list[IngestResult] = []
         with self._write() as conn:
             now = self._now(conn)
+            for extension in self.append_extensions:
+                extension.before_append(conn, batches)
             for batch in batches:
                 if batch.idempotency is not None and not self._store_key(conn, batch, now):
                     results.append(IngestResult(appended=[], duplicates=[], key_taken=True))
@@ -194,6 +206,8 @@ class SqlStore:
                     else:
                         duplicates.append(e.id)
                 results.append(IngestResult(appended=[e.id for e in unique], duplicates=duplicates))
+                for extension in self.append_extensions:
+                    extension.after_append(conn, unique, now)
             if self.is_postgres:
                 conn.execute(text("NOTIFY charter_deliveries"))
         return results
