@@ -289,17 +289,21 @@ def demo(
 
 @sim_app.command("run")
 def sim_run(
-    name: Annotated[str, typer.Argument(help="crm, erp or noop")],
+    name: Annotated[
+        str, typer.Argument(help="crm, erp, payments, warehouse, portal, analytics or noop")
+    ],
     host: HostOption = "127.0.0.1",
     port: PortOption = 8102,
-    hub: Annotated[str | None, typer.Option(help="Hub URL the CRM pushes to.")] = None,
+    hub: Annotated[
+        str | None, typer.Option(help="Hub URL the CRM and the warehouse push to.")
+    ] = None,
     seed: int = 7,
 ) -> None:
     """Serve one simulated system."""
-    from charter.sim import run_sim
+    from charter.sim import SIM_NAMES, run_sim
 
-    if name not in ("crm", "erp", "noop"):
-        raise fail(f"unknown simulated system {name!r}; use crm, erp or noop")
+    if name not in SIM_NAMES:
+        raise fail(f"unknown simulated system {name!r}; use one of {', '.join(SIM_NAMES)}")
     run_sim(name, host=host, port=port, hub_url=hub, seed=seed)
 
 

@@ -67,6 +67,79 @@ def test_a_spawned_crm_pushes_its_events_to_the_hub_url() -> None:
         assert hub.report() == {"received": 3}
 
 
+def test_a_spawned_payment_gateway_captures_once_and_declines_13_cents() -> None:
+    with (
+        spawn("payments") as payments,
+        httpx.Client(base_url=payments.url, trust_env=False) as client,
+    ):
+        payment = {"order_ref": "D-1", "amount": 10, "currency": "EUR"}
+        for _ in range(2):
+            answer = client.post("/payments", json=payment, headers={"Idempotency-Key": "k1"})
+            assert (answer.status_code, answer.json()["id"]) == (201, "PAY-000001")
+        declined = {**payment, "amount": 10.13}
+        answer = client.post("/payments", json=declined, headers={"Idempotency-Key": "k2"})
+        assert answer.status_code == 402
+        assert answer.json()["type"].endswith("/card-declined")
+        refunded = client.post("/payments/PAY-000001/refund", headers={"Idempotency-Key": "r1"})
+        assert refunded.json() == {"id": "PAY-000001", "status": "refunded"}
+        payments.fault(outage=True)
+        assert (
+            client.post("/payments", json=payment, headers={"Idempotency-Key": "k3"}).status_code
+            == 503
+        )
+        report = payments.report()
+        assert (report["applied"], report["duplicates"], report["declined"]) == (2, 1, 1)
+        assert (report["refunded"], report["faulted"]) == (1, 1)
+
+
+def test_a_spawned_warehouse_pushes_dispatched_shipments_to_the_hub_url() -> None:
+    # The no-op target stands in for the hub: it acknowledges every event.
+    with spawn("noop") as hub, spawn("warehouse", hub_url=hub.url) as warehouse:
+        warehouse.fault(dispatch_delay_s=0)
+        with httpx.Client(base_url=warehouse.url, trust_env=False) as client:
+            for n in range(3):
+                answer = client.post(
+                    "/shipments", json={"order_ref": f"D-{n}"}, headers={"Idempotency-Key": f"k{n}"}
+                )
+                assert answer.status_code == 202
+        deadline = time.monotonic() + 5
+        while (report := warehouse.report())[
+            "pushed_acknowledged"
+        ] < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (report["dispatched"], report["pushed_acknowledged"], report["push_retries"]) == (
+            3,
+            3,
+            0,
+        )
+        assert hub.report() == {"received": 3}
+
+
+def test_a_spawned_portal_shows_the_latest_status() -> None:
+    with spawn("portal") as portal, httpx.Client(base_url=portal.url, trust_env=False) as client:
+        for key, status in (("k1", "confirmed"), ("k2", "shipped"), ("k1", "confirmed")):
+            answer = client.put(
+                "/orders/D-1/status", json={"status": status}, headers={"Idempotency-Key": key}
+            )
+            assert answer.status_code == 200
+        assert client.get("/orders/D-1").json()["status"] == "shipped"
+        report = portal.report()
+        assert (report["applied"], report["duplicates"], report["orders"]) == (2, 1, 1)
+
+
+def test_a_spawned_analytics_system_counts_events_by_type() -> None:
+    with (
+        spawn("analytics") as analytics,
+        httpx.Client(base_url=analytics.url, trust_env=False) as client,
+    ):
+        for key, kind in (("k1", "order.placed"), ("k2", "order.paid"), ("k1", "order.placed")):
+            answer = client.post("/events", json={"type": kind}, headers={"Idempotency-Key": key})
+            assert answer.status_code == 202
+        report = analytics.report()
+        assert report["by_type"] == {"order.placed": 1, "order.paid": 1}
+        assert (report["applied"], report["duplicates"]) == (2, 1)
+
+
 def test_an_unknown_simulator_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown simulator 'billing'"):
         spawn("billing")

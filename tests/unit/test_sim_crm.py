@@ -16,7 +16,7 @@ import pytest
 from starlette.applications import Starlette
 
 from charter.sim import create_crm_app
-from charter.sim._crm import retry_after_seconds
+from charter.sim._push import retry_after_seconds
 
 HUB = "http://hub.test"
 EVENTS_URL = HUB + "/v1/systems/crm/events"

@@ -1,4 +1,5 @@
-"""The simulated ERP: exactly-once orders per Idempotency-Key, honest counters, injected faults."""
+"""The simulated ERP: exactly-once orders, cancellations and invoices per Idempotency-Key,
+honest counters, injected faults."""
 
 from __future__ import annotations
 
@@ -89,6 +90,9 @@ def test_the_same_key_and_body_replays_the_answer_without_applying_again() -> No
             "faulted": 0,
             "keys": 1,
             "applied_more_than_once": 0,
+            "orders": 1,
+            "cancelled": 0,
+            "invoices": 0,
         }
 
     run(test)
@@ -182,6 +186,9 @@ def test_an_outage_answers_503_to_business_requests_only() -> None:
             "faulted": 2,
             "keys": 0,
             "applied_more_than_once": 0,
+            "orders": 0,
+            "cancelled": 0,
+            "invoices": 0,
         }
         await client.delete("/admin/fault")
         assert (await place(client, "k1")).status_code == 201
@@ -272,5 +279,127 @@ def test_reset_clears_orders_and_counters() -> None:
         assert (await client.get("/admin/applied")).json() == []
         # The key is forgotten with its order: it applies again, under the first number.
         assert (await place(client, "k1")).json()["id"] == "SO-000001"
+
+    run(test)
+
+
+async def cancel(client: httpx.AsyncClient, number: str, key: str) -> httpx.Response:
+    return await client.post(f"/orders/{number}/cancel", headers={"Idempotency-Key": key})
+
+
+async def invoice(
+    client: httpx.AsyncClient, key: str, order_id: Any = "SO-000001", amount: Any = 120.5
+) -> httpx.Response:
+    body = {"order_id": order_id, "amount": amount}
+    return await client.post("/invoices", json=body, headers={"Idempotency-Key": key})
+
+
+def test_cancelling_leaves_the_order_cancelled_and_counts_each_key_once() -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        await place(client, "k1")
+        first = await cancel(client, "SO-000001", "c1")
+        assert first.status_code == 200
+        assert first.json() == {"id": "SO-000001", "status": "cancelled"}
+        replayed = await cancel(client, "SO-000001", "c1")
+        assert replayed.headers["idempotent-replayed"] == "true"
+        assert replayed.json() == first.json()
+        second = await cancel(client, "SO-000001", "c2")
+        assert second.status_code == 200
+        assert "idempotent-replayed" not in second.headers
+        assert (await client.get("/orders/SO-000001")).json()["status"] == "cancelled"
+        assert (await client.get("/admin/applied")).json() == ["k1", "c1", "c2"]
+        counters = await report(client)
+        assert (counters["applied"], counters["duplicates"], counters["keys"]) == (3, 1, 3)
+        assert (counters["orders"], counters["cancelled"]) == (1, 1)
+        assert counters["applied_more_than_once"] == 0
+
+    run(test)
+
+
+def test_cancelling_an_unknown_order_is_refused_without_using_up_the_key() -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        assert_problem(await cancel(client, "SO-000001", "c1"), 404, "order-not-found")
+        await place(client, "k1")
+        assert (await cancel(client, "SO-000001", "c1")).status_code == 200
+        assert_problem(
+            await client.post("/orders/SO-000001/cancel"), 400, "idempotency-key-missing"
+        )
+        counters = await report(client)
+        assert (counters["rejected"], counters["applied"], counters["cancelled"]) == (2, 2, 1)
+
+    run(test)
+
+
+def test_an_invoice_is_issued_for_an_open_order() -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        await place(client, "k1")
+        issued = await invoice(client, "i1")
+        assert issued.status_code == 201
+        assert issued.json() == {
+            "id": "INV-000001",
+            "order_id": "SO-000001",
+            "amount": 120.5,
+            "status": "issued",
+        }
+        assert (await invoice(client, "i1")).headers["idempotent-replayed"] == "true"
+        assert (await invoice(client, "i2", amount=5)).json()["id"] == "INV-000002"
+        stored = (await client.get("/invoices/INV-000002")).json()
+        assert (stored["order_id"], stored["amount"], stored["status"]) == (
+            "SO-000001",
+            5,
+            "issued",
+        )
+        assert_problem(await client.get("/invoices/INV-000009"), 404, "invoice-not-found")
+        counters = await report(client)
+        assert (counters["invoices"], counters["applied"], counters["duplicates"]) == (2, 3, 1)
+
+    run(test)
+
+
+def test_an_invoice_for_an_unknown_or_cancelled_order_is_refused() -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        unknown = await invoice(client, "i1")
+        assert "no such order" in assert_problem(unknown, 422, "invoice-order-invalid")["detail"]
+        # The refusal did not use up the key: once the order exists, the retry goes through.
+        await place(client, "k1")
+        assert (await invoice(client, "i1")).status_code == 201
+        await place(client, "k2", {"external_ref": "D-000002", "total": 3})
+        await cancel(client, "SO-000002", "c1")
+        cancelled = await invoice(client, "i2", order_id="SO-000002")
+        assert "cancelled" in assert_problem(cancelled, 422, "invoice-order-invalid")["detail"]
+        counters = await report(client)
+        assert (counters["invoices"], counters["rejected"]) == (1, 2)
+
+    run(test)
+
+
+@pytest.mark.parametrize(
+    "order_id, amount", [(None, 1), ("", 1), (7, 1), ("SO-000001", None), ("SO-000001", "1")]
+)
+def test_a_body_that_is_not_an_invoice_is_refused(order_id: Any, amount: Any) -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        await place(client, "k1")
+        assert_problem(await invoice(client, "i1", order_id, amount), 422, "invalid-invoice")
+
+    run(test)
+
+
+def test_a_key_reused_on_another_endpoint_is_refused() -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        await place(client, "k1")
+        assert_problem(await cancel(client, "SO-000001", "k1"), 422, "idempotency-key-reused")
+        assert (await client.get("/orders/SO-000001")).json()["status"] == "open"
+
+    run(test)
+
+
+def test_reset_also_clears_invoices_and_cancellations() -> None:
+    async def test(client: httpx.AsyncClient) -> None:
+        await place(client, "k1")
+        await cancel(client, "SO-000001", "c1")
+        await client.post("/admin/reset")
+        counters = await report(client)
+        assert (counters["orders"], counters["cancelled"], counters["applied"]) == (0, 0, 0)
+        assert_problem(await invoice(client, "i1"), 422, "invoice-order-invalid")
 
     run(test)

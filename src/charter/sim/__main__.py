@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help=f"which simulator: {', '.join(SIM_NAMES)}")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--hub", default=None, help="hub base URL the CRM pushes to")
+    parser.add_argument("--hub", default=None, help="hub URL the CRM and warehouse push to")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     if args.name not in SIM_NAMES:

@@ -1,22 +1,17 @@
 """A simulated CRM: a source system that pushes closed deals to the hub as CloudEvents webhooks.
 
-Delivery contract, as a well-behaved webhook sender keeps it: every batch is sent
-with its own Idempotency-Key and retried with that same key and the same bytes
-until the hub acknowledges it (2xx) or refuses it for good (a 4xx other than
-408, 409 and 429). A batch is never dropped; a refused batch is counted as
-rejected, with the hub's problem ``detail`` kept in ``last_error``.
+Batches are delivered as `charter.sim._push` describes: each with its own
+Idempotency-Key, retried with the same key and bytes until the hub acknowledges
+or refuses it for good, never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -39,12 +34,10 @@ from charter.sim._http import (
     problem,
     read_json,
 )
+from charter.sim._push import EventPusher, PushCounters
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 DEFAULT_BATCH_SIZE = 50
-# Statuses after which the hub may accept the same batch later: it was busy,
-# still processing the key, or down. Every other 4xx is a final refusal.
-RETRYABLE_4XX = frozenset({408, 409, 429})
 
 GENERATE_OPTIONS = {
     "count": Option(lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
@@ -55,44 +48,10 @@ GENERATE_OPTIONS = {
 FAULT_OPTIONS = {"paused": Option(lambda v: isinstance(v, bool), "true or false")}
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds to wait according to a Retry-After header (delay-seconds or HTTP-date)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def problem_detail(response: httpx.Response) -> str:
-    """The ``detail`` of a problem+json answer, or the start of whatever else came back."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, str):
-        return detail
-    return response.text[:200] or f"HTTP {response.status_code}"
-
-
 @dataclass
 class _Counters:
     requested: int = 0
     generated: int = 0
-    sent: int = 0
-    acknowledged: int = 0
-    rejected: int = 0
-    retries: int = 0
-    last_error: str | None = None
 
 
 class _Crm:
@@ -107,7 +66,6 @@ class _Crm:
         retry_base_s: float,
         retry_max_s: float,
     ) -> None:
-        self._events_url = f"{hub_url.rstrip('/')}/v1/systems/crm/events" if hub_url else None
         self._client = httpx.AsyncClient(transport=transport, timeout=timeout_s)
         self._factory = DealFactory(seed)
         self._deals: dict[str, dict[str, Any]] = {}
@@ -116,8 +74,17 @@ class _Crm:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._runs: set[asyncio.Task[None]] = set()
-        self._retry_base_s = retry_base_s
-        self._retry_max_s = retry_max_s
+        self._pusher = (
+            EventPusher(
+                f"{hub_url.rstrip('/')}/v1/systems/crm/events",
+                self._client,
+                retry_base_s=retry_base_s,
+                retry_max_s=retry_max_s,
+                gate=self._resumed,
+            )
+            if hub_url
+            else None
+        )
         self.counters = _Counters()
 
     async def close(self) -> None:
@@ -138,7 +105,8 @@ class _Crm:
     def _run_finished(self, task: asyncio.Task[None]) -> None:
         self._runs.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            self.counters.last_error = f"a run stopped: {exc!r}"
+            assert self._pusher is not None  # runs start only with a hub to push to
+            self._pusher.counters.last_error = f"a run stopped: {exc!r}"
 
     async def _push_run(
         self, run: str, count: int, batch_size: int, rate_per_s: float | None
@@ -167,46 +135,16 @@ class _Crm:
 
     async def _deliver(self, events: list[dict[str, Any]]) -> None:
         """Send one batch until the hub acknowledges or refuses it; holds one in-flight slot."""
-        assert self._events_url is not None
-        counters = self.counters
+        assert self._pusher is not None
         try:
-            content = orjson.dumps(events)
-            headers = {"content-type": BATCH_CONTENT_TYPE, "idempotency-key": str(uuid.uuid4())}
-            counters.sent += len(events)
-            backoff = self._retry_base_s
-            while True:
-                await self._resumed.wait()
-                try:
-                    response = await self._client.post(
-                        self._events_url, content=content, headers=headers
-                    )
-                except httpx.HTTPError as exc:
-                    # The batch may or may not have landed; the same key makes resending safe.
-                    counters.last_error = f"hub not reached: {exc!r}"
-                    wait = backoff
-                else:
-                    if response.is_success:
-                        counters.acknowledged += len(events)
-                        return
-                    detail = problem_detail(response)
-                    status = response.status_code
-                    if status < 500 and status not in RETRYABLE_4XX:
-                        counters.rejected += len(events)
-                        counters.last_error = detail
-                        return
-                    counters.last_error = f"hub answered {status}: {detail}"
-                    hinted = retry_after_seconds(response.headers.get("retry-after"))
-                    wait = backoff if hinted is None else hinted
-                counters.retries += 1
-                await asyncio.sleep(wait)
-                backoff = min(backoff * 2, self._retry_max_s)
+            await self._pusher.deliver(orjson.dumps(events), BATCH_CONTENT_TYPE, len(events))
         finally:
             self._slots.release()
 
     # -- endpoints ------------------------------------------------------------------
 
     async def generate(self, request: Request) -> Response:
-        if self._events_url is None:
+        if self._pusher is None:
             return problem(
                 409, "no-hub", "No hub configured", "start the CRM with a hub URL to push events"
             )
@@ -223,10 +161,12 @@ class _Crm:
 
     async def report(self, request: Request) -> Response:
         counters = self.counters
+        pushed = self._pusher.counters if self._pusher else PushCounters()
         return JSONAnswer(
             {
                 **asdict(counters),
-                "pending": counters.generated - counters.acknowledged - counters.rejected,
+                **asdict(pushed),
+                "pending": counters.generated - pushed.acknowledged - pushed.rejected,
                 "running": bool(self._runs),
             }
         )

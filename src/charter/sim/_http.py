@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from charter.errors import PROBLEM_BASE
 
 PROBLEM_TYPE_BASE = PROBLEM_BASE + "sim/"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 class JSONAnswer(JSONResponse):
@@ -32,10 +33,17 @@ def problem(
     headers: Mapping[str, str] | None = None,
 ) -> Response:
     """Answer with an RFC 9457 problem details object."""
-    body = {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status, "detail": detail}
     return JSONAnswer(
-        body, status_code=status, headers=headers, media_type="application/problem+json"
+        problem_body(status, slug, title, detail),
+        status_code=status,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
     )
+
+
+def problem_body(status: int, slug: str, title: str, detail: str) -> dict[str, Any]:
+    """The members of an RFC 9457 problem details object whose type ends in ``slug``."""
+    return {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status, "detail": detail}
 
 
 def http_error(request: Request, exc: Exception) -> Response:
@@ -65,6 +73,24 @@ def is_number(value: Any) -> bool:
 def is_integer(value: Any) -> bool:
     """Whether a decoded JSON value is an integer (JSON booleans are not)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def non_empty_string(value: Any) -> bool:
+    """Whether a decoded JSON value is a string with at least one character."""
+    return isinstance(value, str) and value != ""
+
+
+def json_type(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words."""
+    if value is None:
+        return "null or no body"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 @dataclass(frozen=True)
