@@ -108,7 +108,31 @@ def validate(project: ProjectOption = Path(".")) -> None:
             f"{i.slo.objective}% within {i.slo.latency:g}s",
         )
     out.print(table)
+    if loaded.processes:
+        processes = Table(title="processes", title_justify="left")
+        for column in ("process", "version", "owner", "tier", "steps", "triggers", "SLO"):
+            processes.add_column(column)
+        for p in loaded.processes.values():
+            triggers = [
+                f"{t.event.system}/{t.event.type}"
+                if t.event
+                else "schedule"
+                if t.schedule
+                else "api"
+                for t in p.triggers
+            ]
+            processes.add_row(
+                p.name,
+                str(p.version),
+                p.owner,
+                p.tier.value,
+                str(len(p.steps)),
+                ", ".join(triggers),
+                f"{p.slo.objective}% within {p.slo.latency:g}s",
+            )
+        out.print(processes)
     out.print(
+        f"{len(loaded.processes)} processes, "
         f"{len(loaded.teams)} teams, {len(loaded.systems)} systems, {len(loaded.entities)} "
         f"entities, {len(loaded.mappings)} mappings, {len(loaded.integrations)} integrations"
     )
@@ -275,16 +299,35 @@ def deliveries(
 
 @app.command()
 def demo(
-    events: Annotated[int, typer.Option(min=10, max=100_000, help="CRM deals to push.")] = 3000,
+    example: Annotated[
+        str,
+        typer.Option(
+            help="order-to-cash: durable processes across five systems; "
+            "integration: CRM deals delivered to the ERP by an integration."
+        ),
+    ] = "order-to-cash",
+    events: Annotated[
+        int | None, typer.Option(min=10, max=100_000, help="CRM deals to push.")
+    ] = None,
     serve_after: Annotated[
         bool, typer.Option("--serve", help="Keep everything running after the run.")
     ] = False,
-    outage: Annotated[float, typer.Option(min=0, help="Seconds the ERP is down.")] = 4.0,
+    outage: Annotated[float, typer.Option(min=0, help="Seconds the ERP is down.")] = 3.0,
 ) -> None:
-    """Run the order-to-cash demo: CRM deals through the hub to the ERP, with an ERP outage."""
-    from charter.demo import run_demo
+    """Run a demo on local ports with simulated systems, an ERP outage and checked counts."""
+    if example == "order-to-cash":
+        from charter.demo_o2c import run_order_to_cash
 
-    raise typer.Exit(run_demo(out, events=events, outage_seconds=outage, keep_serving=serve_after))
+        code = run_order_to_cash(
+            out, deals=events or 400, outage_seconds=outage, keep_serving=serve_after
+        )
+    elif example == "integration":
+        from charter.demo import run_demo
+
+        code = run_demo(out, events=events or 3000, outage_seconds=outage, keep_serving=serve_after)
+    else:
+        raise fail(f"unknown example {example!r}; use order-to-cash or integration")
+    raise typer.Exit(code)
 
 
 @sim_app.command("run")

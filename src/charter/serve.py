@@ -15,6 +15,7 @@ import uvloop
 from charter.api import create_app
 from charter.delivery import DeliveryWorker, WorkerSettings, connectors_for
 from charter.engine.runner import ProcessRunner, RunnerSettings
+from charter.engine.schedule import Scheduler
 from charter.errors import StoreError
 from charter.runtime import Hub
 from charter.store.notify import DELIVERIES_CHANNEL, listen
@@ -91,10 +92,14 @@ class Workers:
                     listen(self.hub.url, PROCESSES_CHANNEL, self.runner.wake, stop_listening)
                 ),
             ]
+        scheduler = asyncio.create_task(
+            Scheduler(self.hub.processes).run(stop_listening), name="charter-scheduler"
+        )
         try:
             await asyncio.gather(self.delivery.run(), self.runner.run())
         finally:
             stop_listening.set()
+            await scheduler
             await asyncio.gather(*listeners)
             await self.delivery.aclose()
             for connector in self.runner.connectors.values():

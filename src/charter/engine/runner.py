@@ -119,7 +119,8 @@ class ProcessRunner:
         self.settings = settings or RunnerSettings()
         self.listening = False
         self._held: dict[str, _Held] = {}
-        self._results: list[tuple[str, Event]] = []
+        # Results of calls and tasks, with the in-flight token each one settles.
+        self._results: list[tuple[str, tuple[str, int, bool], Event]] = []
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -207,8 +208,12 @@ class ProcessRunner:
                 event = inbox_event(item, now)
                 if event is not None:
                     events.append(event)
-        for instance, event in results:
-            if instance in self._held:
+        for instance, token, event in results:
+            held = self._held.get(instance)
+            if held is not None:
+                # Only now, with its result about to enter the state, is the call no
+                # longer in flight; until then the state still shows it running.
+                held.in_flight.discard(token)
                 touched.setdefault(instance, ([], []))[0].append(event)
         for instance, held in self._held.items():
             due = machine.due_timers(held.record.state, now)
@@ -294,10 +299,8 @@ class ProcessRunner:
                 now=time.time(),
                 compensation=command.compensation,
             )
-        held = self._held.get(instance)
-        if held is not None:
-            held.in_flight.discard(token)
-            self._results.append((instance, result))
+        if instance in self._held:
+            self._results.append((instance, token, result))
             self._wake.set()
 
     async def _perform(self, instance: str, command: Call | RunTask) -> Any:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
+    bindparam,
     case,
     create_engine,
     event,
@@ -297,53 +297,80 @@ class SqlStore:
     def record_attempts(self, worker: str, results: list[AttemptResult]) -> int:
         if not results:
             return 0
-        recorded = 0
+        ids = [r.delivery_id for r in results]
         with self._write() as conn:
             now = self._now(conn)
-            for r in results:
-                owned = and_(deliveries.c.id == r.delivery_id, deliveries.c.lease_owner == worker)
-                if r.outcome is Outcome.RELEASED:
-                    conn.execute(
-                        update(deliveries)
-                        .where(owned)
-                        .values(lease_owner=None, lease_expires_at=None)
+            # Only deliveries still leased by this worker are recorded: a lost lease
+            # means another worker owns the delivery now.
+            owned: dict[int, int] = {}
+            for chunk in range(0, len(ids), 500):
+                for ident, tries in conn.execute(
+                    select(deliveries.c.id, deliveries.c.attempts)
+                    .where(
+                        deliveries.c.id.in_(ids[chunk : chunk + 500]),
+                        deliveries.c.lease_owner == worker,
                     )
-                    continue
-                values: dict[str, Any] = {
-                    "attempts": deliveries.c.attempts + 1,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "last_status": r.status_code,
-                    "last_error": r.error,
-                }
-                if r.outcome is Outcome.DELIVERED:
-                    values |= {"status": DeliveryStatus.DELIVERED.value, "delivered_at": now}
-                elif r.outcome is Outcome.DEAD:
-                    values |= {"status": DeliveryStatus.DEAD.value}
-                else:
-                    values |= {"next_attempt_at": r.next_attempt_at or now}
-                updated = conn.execute(
-                    update(deliveries)
-                    .where(owned)
-                    .values(**values)
-                    .returning(deliveries.c.attempts)
-                ).first()
-                if updated is None:
-                    continue  # the lease was lost; another worker owns this delivery now
+                    .with_for_update()
+                ):
+                    owned[int(ident)] = int(tries)
+            released = [r.delivery_id for r in results if r.outcome is Outcome.RELEASED]
+            done = [
+                r for r in results if r.outcome is not Outcome.RELEASED and r.delivery_id in owned
+            ]
+            if released:
                 conn.execute(
-                    insert(attempts),
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(released), deliveries.c.lease_owner == worker)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+            if not done:
+                return 0
+            rows = [
+                {
+                    "b_id": r.delivery_id,
+                    "b_status": {
+                        Outcome.DELIVERED: DeliveryStatus.DELIVERED.value,
+                        Outcome.DEAD: DeliveryStatus.DEAD.value,
+                    }.get(r.outcome, DeliveryStatus.PENDING.value),
+                    "b_attempts": owned[r.delivery_id] + 1,
+                    "b_next": r.next_attempt_at or now,
+                    "b_delivered_at": now if r.outcome is Outcome.DELIVERED else None,
+                    "b_last_status": r.status_code,
+                    "b_last_error": r.error,
+                }
+                for r in done
+            ]
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == bindparam("b_id"))
+                .values(
+                    status=bindparam("b_status"),
+                    attempts=bindparam("b_attempts"),
+                    next_attempt_at=bindparam("b_next"),
+                    delivered_at=bindparam("b_delivered_at"),
+                    last_status=bindparam("b_last_status"),
+                    last_error=bindparam("b_last_error"),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                ),
+                rows,
+            )
+            conn.execute(
+                insert(attempts),
+                [
                     {
                         "delivery_id": r.delivery_id,
-                        "number": updated.attempts,
+                        "number": owned[r.delivery_id] + 1,
                         "started_at": r.started_at,
                         "latency_ms": r.latency_ms,
                         "status_code": r.status_code,
                         "outcome": r.outcome.value,
                         "error": r.error,
-                    },
-                )
-                recorded += 1
-        return recorded
+                    }
+                    for r in done
+                ],
+            )
+        return len(done)
 
     def release_leases(self, worker: str | None) -> int:
         """Release the leases of ``worker``, or every lease when ``worker`` is None.
