@@ -72,20 +72,33 @@ def _load(project: Path) -> Project:
         raise fail(f"{len(exc.problems)} problem(s) in {project}") from exc
 
 
+EXAMPLES = ("starter", "order-to-cash")
+
+
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+    example: Annotated[
+        str,
+        typer.Option(
+            help="starter: a CRM-to-ERP integration; "
+            "order-to-cash: durable processes across five systems."
+        ),
+    ] = "starter",
 ) -> None:
-    """Create a working example project (CRM to ERP) in DIRECTORY."""
+    """Create a working example project in DIRECTORY."""
+    if example not in EXAMPLES:
+        raise fail(f"unknown example {example!r}; use one of {', '.join(EXAMPLES)}")
     if (directory / PROJECT_FILE).exists():
         raise fail(f"{directory / PROJECT_FILE} already exists; choose an empty folder")
-    template = resources.files("charter") / "templates" / "starter"
+    template = resources.files("charter") / "templates" / example
     with resources.as_file(template) as source:
         shutil.copytree(source, directory, dirs_exist_ok=True)
     project = _load(directory)
     out.print(
         f"Created project [bold]{project.name}[/] in {directory}: "
-        f"{len(project.systems)} systems, {len(project.integrations)} integration(s).\n"
+        f"{len(project.systems)} systems, {len(project.integrations)} integration(s), "
+        f"{len(project.processes)} process(es).\n"
         f"Next: [bold]charter validate -p {directory}[/], then [bold]charter up -p {directory}[/]."
     )
 
