@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -228,6 +228,10 @@ class _Run:
             if status in (PENDING, STEP_WAITING, RETRYING):
                 self.st(sid)["status"] = SKIPPED
                 self.log(sid, "skipped", reason="another branch finished first")
+            elif status == STEP_RUNNING:
+                # Its call may still land: a success completes it (and compensation
+                # covers it); a failure is dropped instead of failing the process.
+                self.st(sid)["abandoned"] = True
             for nested in self.d.steps[sid].spec.children():
                 self.abandon([s.id for s in nested])
 
@@ -293,12 +297,14 @@ class _Run:
         assert step.until is not None
         value = lookup(self.context, step.until)
         try:
-            return datetime.fromisoformat(str(value)).timestamp()
+            when = datetime.fromisoformat(str(value))
         except ValueError as exc:
             raise MappingError(
                 f"step {step.id}: sleep until {value!r}, which is not an ISO 8601 time",
                 fix="point 'until' at a time such as 2026-12-01T09:00:00Z",
             ) from exc
+        # A time without an offset is UTC, whatever the worker's host thinks.
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
     def subscribe(self, step: CompiledStep) -> None:
         wait = step.spec.wait
@@ -364,6 +370,10 @@ class _Run:
             try:
                 output = step.output.apply(output)
             except MappingError as exc:
+                if step.kind in EFFECT_KINDS or step.kind == "subprocess":
+                    # The effect happened at the target: compensation must undo it.
+                    entry["effect_applied"] = True
+                    self.s["completed"].append(step.id)
                 self.fail(step, str(exc), retryable=False, retry_after=None)
                 return
         entry.update({"status": DONE, "ended": self.now})
@@ -384,12 +394,11 @@ class _Run:
         entry = self.st(step.id)
         entry["error"] = error
         attempt = int(entry.get("attempt", 0))
-        if (
-            retryable
-            and attempt < step.retry.max_attempts
-            and self.s["status"] in (RUNNING, WAITING)
-        ):
-            delay = backoff(step.retry, attempt, jitter(self.instance, step.id, attempt))
+        # Attempt numbers keep rising across operator retries; the policy counts
+        # the attempts since the last one.
+        tries = attempt - int(entry.get("base", 0))
+        if retryable and tries < step.retry.max_attempts and self.s["status"] in (RUNNING, WAITING):
+            delay = backoff(step.retry, tries, jitter(self.instance, step.id, attempt))
             if retry_after is not None:
                 delay = max(delay, retry_after)
             entry["status"] = RETRYING
@@ -415,7 +424,7 @@ class _Run:
 
     def begin_compensation(self, then: str) -> None:
         self.s["status"] = COMPENSATING
-        self.s["compensation"] = {"then": then, "queue": None}
+        self.s["compensation"] = {"then": then, "queue": None, "reason": self.s["reason"]}
         # Nothing more will start: waits and timers of the forward path end here.
         self.s["waits"] = {}
         self.s["timers"] = {k: v for k, v in self.s["timers"].items() if k.startswith("undo:")}
@@ -442,7 +451,8 @@ class _Run:
             comp["queue"] = [
                 sid
                 for sid in reversed(self.s["completed"])
-                if self.d.steps[sid].spec.compensate is not None and self.status_of(sid) == DONE
+                if self.d.steps[sid].spec.compensate is not None
+                and (self.status_of(sid) == DONE or self.s["steps"][sid].get("effect_applied"))
             ]
         queue: list[str] = comp["queue"]
         while queue:
@@ -457,7 +467,7 @@ class _Run:
             entry["undo_attempt"] = 0
             self.undo(head)
             return
-        self.finish(comp["then"], self.s["reason"])
+        self.finish(comp["then"], comp.get("reason", self.s["reason"]))
 
     def undo(self, step: CompiledStep) -> None:
         comp, entry = step.spec.compensate, self.st(step.id)
@@ -514,6 +524,7 @@ class _Run:
     def finish(self, status: str, reason: str | None) -> None:
         self.s["status"] = status
         self.s["reason"] = reason
+        self.s["compensation"] = None
         self.s["waits"] = {}
         self.s["timers"] = {}
         self.log(None, status, reason=reason)
@@ -547,11 +558,15 @@ class _Run:
 
     def on_StepSucceeded(self, e: StepSucceeded) -> None:
         step = self.d.steps.get(e.step)
-        if step is None:
-            return self.ignore(e.step, "no such step")
-        entry = self.st(e.step)
+        entry = self.s["steps"].get(e.step)
+        if step is None or entry is None:
+            return self.ignore(e.step, "no such step in progress")
         if e.compensation:
-            if entry["status"] != UNDOING or entry.get("undo_attempt") != e.attempt:
+            if (
+                self.s["status"] != COMPENSATING
+                or entry["status"] != UNDOING
+                or entry.get("undo_attempt") != e.attempt
+            ):
                 return self.ignore(e.step, "stale compensation result")
             entry["status"] = UNDONE
             self.log(e.step, "compensated")
@@ -564,14 +579,19 @@ class _Run:
 
     def on_StepFailed(self, e: StepFailed) -> None:
         step = self.d.steps.get(e.step)
-        if step is None:
-            return self.ignore(e.step, "no such step")
-        entry = self.st(e.step)
+        entry = self.s["steps"].get(e.step)
+        if step is None or entry is None:
+            return self.ignore(e.step, "no such step in progress")
         if e.compensation:
-            if entry["status"] != UNDOING or entry.get("undo_attempt") != e.attempt:
+            if (
+                self.s["status"] != COMPENSATING
+                or entry["status"] != UNDOING
+                or entry.get("undo_attempt") != e.attempt
+            ):
                 return self.ignore(e.step, "stale compensation result")
             policy = self.d.compensation_retry(step)
-            if e.retryable and e.attempt < policy.max_attempts:
+            tries = e.attempt - int(entry.get("undo_base", 0))
+            if e.retryable and tries < policy.max_attempts:
                 delay = backoff(
                     policy, e.attempt, jitter(self.instance, "undo:" + e.step, e.attempt)
                 )
@@ -584,6 +604,12 @@ class _Run:
             return
         if entry["status"] != STEP_RUNNING or entry.get("attempt") != e.attempt:
             return self.ignore(e.step, f"stale failure of attempt {e.attempt}")
+        if entry.get("abandoned"):
+            # Another branch already won: this one's failure no longer matters.
+            entry.update({"status": SKIPPED, "ended": self.now, "error": e.error})
+            self.log(e.step, "skipped", reason="failed after another branch finished first")
+            self.drive()
+            return
         self.fail(step, e.error, retryable=e.retryable, retry_after=e.retry_after)
         self.drive()
 
@@ -596,7 +622,7 @@ class _Run:
         entry = self.st(sid)
         if kind == "retry" and entry["status"] == RETRYING:
             self.attempt(step)
-        elif kind == "undo" and entry["status"] == UNDOING:
+        elif kind == "undo" and entry["status"] == UNDOING and self.s["status"] == COMPENSATING:
             self.undo(step)
             return
         elif kind == "sleep" and entry["status"] == STEP_WAITING:
@@ -666,6 +692,13 @@ class _Run:
             raise InvalidOperation("the instance is already compensating")
         self.s["reason"] = f"cancelled by {e.by}: {e.reason}".rstrip(": ")
         self.log(None, "cancel", by=e.by, reason=e.reason)
+        comp = self.s["compensation"]
+        if comp is not None and comp.get("queue"):
+            # A compensation failed earlier: go on undoing from where it stopped.
+            comp["then"] = CANCELLED
+            comp["reason"] = self.s["reason"]
+            self.resume_compensation()
+            return
         self.begin_compensation(CANCELLED)
 
     def on_Terminate(self, e: Terminate) -> None:
@@ -682,16 +715,12 @@ class _Run:
         self.log(None, "retry", by=e.by)
         comp = self.s["compensation"]
         if comp is not None and comp.get("queue"):
-            head = self.d.steps[comp["queue"][0]]
-            entry = self.st(head.id)
-            entry.pop("undo_failed", None)
-            entry["undo_attempt"] = 0
-            self.s["status"] = COMPENSATING
-            self.undo(head)
+            self.resume_compensation()
             return
         failed = [sid for sid, entry in self.s["steps"].items() if entry["status"] == STEP_FAILED]
         for sid in failed:
-            self.s["steps"][sid] = {"status": PENDING, "attempt": 0}
+            attempt = int(self.s["steps"][sid].get("attempt", 0))
+            self.s["steps"][sid] = {"status": PENDING, "attempt": attempt, "base": attempt}
             for nested in self.d.steps[sid].spec.children():
                 for s in nested:
                     self.s["steps"].pop(s.id, None)
@@ -699,6 +728,17 @@ class _Run:
         self.s["reason"] = None
         self.reopen_parents(failed)
         self.drive()
+
+    def resume_compensation(self) -> None:
+        """Issue the failed compensation at the head of the queue again."""
+        comp = self.s["compensation"]
+        head = self.d.steps[comp["queue"][0]]
+        entry = self.st(head.id)
+        entry.pop("undo_failed", None)
+        entry["undo_base"] = int(entry.get("undo_attempt", 0))
+        entry["status"] = UNDOING
+        self.s["status"] = COMPENSATING
+        self.undo(head)
 
     def reopen_parents(self, ids: list[str]) -> None:
         """Composite steps above a retried or skipped step run again."""
@@ -713,6 +753,11 @@ class _Run:
     def on_Skip(self, e: Skip) -> None:
         if e.step not in self.d.steps:
             raise InvalidOperation(f"process {self.d.key} has no step {e.step!r}")
+        if self.s["compensation"] is not None:
+            raise InvalidOperation(
+                "the instance has begun compensating; retry the failed compensation, "
+                "or cancel or terminate the instance"
+            )
         status = self.status_of(e.step)
         held = self.s["status"] == FAILED and status == STEP_FAILED
         parked = self.s["status"] in (RUNNING, WAITING) and status in (STEP_WAITING, RETRYING)
@@ -768,6 +813,8 @@ def outstanding(definition: Definition, state: dict[str, Any]) -> list[Command]:
     After a crash the runner re-issues exactly these, with the same
     idempotency keys, so each takes effect once at the target.
     """
+    if state["status"] in TERMINAL:
+        return []
     run = _Run(definition, state, 0.0)
     commands: list[Command] = []
     for sid, entry in state["steps"].items():
