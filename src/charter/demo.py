@@ -93,16 +93,32 @@ def run_demo(
                     )
                     code = _drive(console, events, outage_seconds, hub, erp, crm)
                     if keep_serving:
-                        console.print(
-                            f"Serving. Try: curl {hub.url}/v1/stats  ·  "
-                            f"curl {erp.url}/admin/report  ·  Ctrl-C to stop."
+                        serve_until_interrupted(
+                            console,
+                            f"curl {hub.url}/v1/stats  ·  curl {erp.url}/admin/report",
                         )
-                        try:
-                            while True:
-                                time.sleep(3600)
-                        except KeyboardInterrupt:
-                            console.print("stopping")
                     return code
+
+
+def serve_until_interrupted(console: Console, hint: str) -> None:
+    """Keep the demo's processes running for exploring, until Ctrl-C."""
+    console.print(f"Serving. Try: {hint}  ·  Ctrl-C to stop.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
+
+
+def demo_progress(console: Console, width: int) -> Progress:
+    """The progress display both demos use: a label, a bar, done/total, elapsed."""
+    return Progress(
+        TextColumn(f"{{task.description:<{width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def _drive(
@@ -121,13 +137,7 @@ def _drive(
         json={"count": events, "batch_size": 50, "rate_per_s": rate, "run": "demo"},
     )
     outage_at, outage_until, outage_done = events * 0.3, 0.0, outage_seconds == 0
-    columns = (
-        TextColumn("{task.description:<34}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with demo_progress(console, 34) as progress:
         acked = progress.add_task("CRM -> hub (acknowledged)", total=events)
         applied = progress.add_task("hub -> ERP (applied)", total=events)
         while time.monotonic() - started < DEMO_TIMEOUT_S:

@@ -21,9 +21,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from charter.demo import demo_progress, serve_until_interrupted
 from charter.processes import HubProcess
 from charter.sim import SimProcess, spawn
 
@@ -71,12 +71,7 @@ def run_order_to_cash(
         )
         code = _drive(console, deals, outage_seconds, hub, crm, sims)
         if keep_serving:
-            console.print(f"Serving. Try: curl {hub.url}/v1/processes  ·  Ctrl-C to stop.")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                console.print("stopping")
+            serve_until_interrupted(console, f"curl {hub.url}/v1/processes")
         return code
 
 
@@ -103,13 +98,7 @@ def _drive(
     )
     erp = sims["erp"]
     outage_until, outage_done = 0.0, outage_seconds == 0
-    columns = (
-        TextColumn("{task.description:<38}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with demo_progress(console, 38) as progress:
         acked = progress.add_task("CRM -> hub (deals acknowledged)", total=deals)
         ended = progress.add_task("processes finished", total=deals)
         while time.monotonic() - started < DEMO_TIMEOUT_S:

@@ -556,39 +556,51 @@ class _Run:
     def ignore(self, step: str | None, why: str) -> None:
         self.log(step, "ignored", reason=why)
 
-    def on_StepSucceeded(self, e: StepSucceeded) -> None:
+    def current(self, e: StepSucceeded | StepFailed) -> tuple[CompiledStep, dict[str, Any]] | None:
+        """The step and its entry when ``e`` answers the attempt in flight, else None.
+
+        Results are delivered at least once: a duplicate, a late result of an
+        earlier attempt, or a compensation result after the instance ended is
+        recorded as ignored and changes nothing.
+        """
         step = self.d.steps.get(e.step)
         entry = self.s["steps"].get(e.step)
         if step is None or entry is None:
-            return self.ignore(e.step, "no such step in progress")
+            self.ignore(e.step, "no such step in progress")
+            return None
         if e.compensation:
-            if (
-                self.s["status"] != COMPENSATING
-                or entry["status"] != UNDOING
-                or entry.get("undo_attempt") != e.attempt
-            ):
-                return self.ignore(e.step, "stale compensation result")
+            current = (
+                self.s["status"] == COMPENSATING
+                and entry["status"] == UNDOING
+                and entry.get("undo_attempt") == e.attempt
+            )
+        else:
+            current = entry["status"] == STEP_RUNNING and entry.get("attempt") == e.attempt
+        if not current:
+            what = "compensation result" if e.compensation else f"result of attempt {e.attempt}"
+            self.ignore(e.step, f"stale {what}")
+            return None
+        return step, entry
+
+    def on_StepSucceeded(self, e: StepSucceeded) -> None:
+        found = self.current(e)
+        if found is None:
+            return
+        step, entry = found
+        if e.compensation:
             entry["status"] = UNDONE
             self.log(e.step, "compensated")
             self.drive_compensation()
             return
-        if entry["status"] != STEP_RUNNING or entry.get("attempt") != e.attempt:
-            return self.ignore(e.step, f"stale result of attempt {e.attempt}")
         self.complete(step, e.output)
         self.drive()
 
     def on_StepFailed(self, e: StepFailed) -> None:
-        step = self.d.steps.get(e.step)
-        entry = self.s["steps"].get(e.step)
-        if step is None or entry is None:
-            return self.ignore(e.step, "no such step in progress")
+        found = self.current(e)
+        if found is None:
+            return
+        step, entry = found
         if e.compensation:
-            if (
-                self.s["status"] != COMPENSATING
-                or entry["status"] != UNDOING
-                or entry.get("undo_attempt") != e.attempt
-            ):
-                return self.ignore(e.step, "stale compensation result")
             policy = self.d.compensation_retry(step)
             tries = e.attempt - int(entry.get("undo_base", 0))
             if e.retryable and tries < policy.max_attempts:
@@ -602,8 +614,6 @@ class _Run:
             else:
                 self.undo_failed(step, e.error)
             return
-        if entry["status"] != STEP_RUNNING or entry.get("attempt") != e.attempt:
-            return self.ignore(e.step, f"stale failure of attempt {e.attempt}")
         if entry.get("abandoned"):
             # Another branch already won: this one's failure no longer matters.
             entry.update({"status": SKIPPED, "ended": self.now, "error": e.error})
