@@ -33,7 +33,9 @@ test: $(STAMP) services lint typecheck
 	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP) services
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python bench/hub.py --quick
+	$(BIN)/python bench/engine.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

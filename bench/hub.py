@@ -43,37 +43,37 @@ overrides the PostgreSQL admin URL (default postgresql://postgres@127.0.0.1:5432
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import importlib.resources
 import json
-import os
 import random
-import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 import orjson
-import psutil
-import psycopg
-import uvloop
-from psycopg import sql
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert
-from sqlalchemy.engine import make_url
 
-from _load import LoadResult, ProtocolError, build_request, percentile, run_load
+from _harness import (
+    KINDS,
+    RUN_FAILURES,
+    BenchFailed,
+    RssSampler,
+    Target,
+    check_postgres,
+    copy_starter,
+    err,
+    fresh_database,
+    out,
+    positive,
+    progress,
+    run_async,
+)
+from _load import LoadResult, build_request, percentile, run_load
 from charter.catalog import load_project
 from charter.hub import IngestLimits, Router, parse_body
 from charter.processes import HubProcess
@@ -81,47 +81,15 @@ from charter.sim import SimProcess, spawn
 from charter.store import NewEvent, create_store_engine, upgrade
 from charter.store.schema import deliveries, events
 
-PG_ADMIN = os.environ.get("CHARTER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-KINDS = ("sqlite", "postgresql")
 SOURCE = "crm"
 BATCH = 100
 BATCH_CONNECTIONS = 4
 SINGLE_CONNECTIONS = 64
 OFFERED_RATE = 500.0
-RSS_INTERVAL_S = 0.05
 STALL_TIMEOUT_S = 60.0
 POLL_S = 0.02
 BATCH_TYPE = "application/cloudevents-batch+json"
 SINGLE_TYPE = "application/cloudevents+json"
-
-T = TypeVar("T")
-# Wide enough for the tables when stdout is a file or a pipe (Rich would assume 80).
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False)
-
-
-STARTED = time.monotonic()
-
-
-def progress(message: str) -> None:
-    """A progress line on stderr, stamped with the seconds since the bench started."""
-    err.print(f"{time.monotonic() - STARTED:6.1f} s  {message}")
-
-
-class BenchFailed(Exception):
-    """The run could not complete; the message says what went wrong."""
-
-
-# What ends a run with exit code 1 and a message instead of a traceback.
-RUN_FAILURES: tuple[type[BaseException], ...] = (
-    BenchFailed,
-    ProtocolError,
-    RuntimeError,
-    OSError,
-    EOFError,
-    psycopg.Error,
-    httpx.HTTPError,
-)
 
 
 @dataclass(frozen=True)
@@ -164,20 +132,6 @@ FIGURES = [
     Figure("baseline_eps", "baseline: same rows, plain Core", "events/s"),
     Figure("ratio_vs_baseline", "batched ingest / baseline", "x", 2),
 ]
-
-
-@dataclass(frozen=True)
-class Target:
-    key: str
-    at_least: bool
-    value: float
-    kinds: tuple[str, ...] = KINDS
-
-    def met(self, measured: float) -> bool:
-        return measured >= self.value if self.at_least else measured <= self.value
-
-    def __str__(self) -> str:
-        return f"{'≥' if self.at_least else '≤'} {self.value:,g}"
 
 
 TARGETS = [
@@ -239,11 +193,6 @@ def ingest_requests(hub: HubProcess, bodies: list[bytes], content_type: str) -> 
     return [build_request("POST", "127.0.0.1", hub.port, path, b, headers) for b in bodies]
 
 
-def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coroutine)
-
-
 def phase_done(result: LoadResult, done: float) -> None:
     delivered = done - result.started
     progress(f"  acknowledged in {result.elapsed:.1f} s, all delivered after {delivered:.1f} s")
@@ -256,66 +205,6 @@ def check_accepted(result: LoadResult, phase: str) -> None:
 
 
 # Processes and databases
-
-
-class RssSampler:
-    """Samples a process's resident set every 50 ms in a thread; keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.Error:
-                return
-            self._stop.wait(RSS_INTERVAL_S)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
-@contextlib.contextmanager
-def fresh_database(kind: str, folder: Path) -> Iterator[str]:
-    """The URL of a new, empty database of ``kind``; a PostgreSQL one is dropped afterwards."""
-    name = f"charter_bench_{uuid.uuid4().hex[:10]}"
-    if kind == "sqlite":
-        yield f"sqlite:///{folder / (name + '.db')}"
-        return
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def copy_starter(folder: Path) -> Path:
-    """The starter project (what ``charter init`` writes) in ``folder``."""
-    template = importlib.resources.files("charter") / "templates" / "starter"
-    with importlib.resources.as_file(template) as source:
-        shutil.copytree(source, folder, dirs_exist_ok=True)
-    return folder
 
 
 def wait_delivered(
@@ -436,7 +325,7 @@ def measure_throughput(project: Path, url: str, noop: SimProcess, sizes: Sizes) 
     try:
         with RssSampler(hub.pid) as rss:
             noop_before = noop.report()["received"]
-            cpu_before, wall_before = cpu_seconds(rss.process), time.perf_counter()
+            cpu_before, wall_before = rss.cpu_seconds(), time.perf_counter()
             progress(f"  batched ingest of {sizes.batched:,} events")
             result = run_async(
                 run_load(
@@ -468,7 +357,7 @@ def measure_throughput(project: Path, url: str, noop: SimProcess, sizes: Sizes) 
             phase_done(result, done)
             figures["single_ack_rps"] = result.rate()
             figures["single_e2e_rps"] = sizes.single / (done - result.started)
-            busy = cpu_seconds(rss.process) - cpu_before
+            busy = rss.cpu_seconds() - cpu_before
             figures["hub_cpu_pct"] = 100 * busy / (time.perf_counter() - wall_before)
         figures["peak_rss_mb"] = rss.peak / 2**20
     except BaseException:
@@ -574,13 +463,6 @@ def table(kind: str, summary: dict[str, Any], runs: int) -> Table:
     return grid
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes; under a minute")
@@ -601,17 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         latency_seconds=args.seconds or base.latency_seconds,
     )
     kinds = KINDS if args.db == "both" else (args.db,)
-    if "postgresql" in kinds:
-        try:
-            psycopg.connect(PG_ADMIN, connect_timeout=5).close()
-        except psycopg.Error as exc:
-            shown = make_url(PG_ADMIN).render_as_string(hide_password=True)
-            err.print(
-                f"[red]bench failed:[/] PostgreSQL does not answer at {shown}: {exc}\n"
-                "start it ('make services'), point CHARTER_BENCH_PG at another admin URL, "
-                "or run with --db sqlite"
-            )
-            return 1
+    if "postgresql" in kinds and (problem := check_postgres()) is not None:
+        err.print(f"[red]bench failed:[/] {problem}")
+        return 1
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     started = time.monotonic()
     try:

@@ -66,7 +66,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    app.include_router(process_routes(hub))
+    app.include_router(process_routes(hub, on_ingest))
     limits = hub.ingest.limits
 
     @app.post("/v1/systems/{system}/events", status_code=202, tags=["ingest"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from charter.errors import BadRequest
 from charter.runtime import Hub
 
 
@@ -40,13 +42,28 @@ class Operation(BaseModel):
     comment: str = ""
 
 
-def _timestamp(value: str | None) -> float | None:
-    return datetime.fromisoformat(value).timestamp() if value else None
+def _timestamp(name: str, value: str | None) -> float | None:
+    """Seconds from an ISO 8601 time; a time without an offset is UTC."""
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise BadRequest(
+            f"{name}={value!r} is not an ISO 8601 time",
+            fix=f"write e.g. {name}=2026-11-27T10:00:00Z (encode '+' as %2B in a URL)",
+        ) from exc
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def process_routes(hub: Hub) -> APIRouter:
+def process_routes(hub: Hub, on_change: Callable[[], None] | None = None) -> APIRouter:
+    """``on_change`` runs after a start or an operation (to wake an in-process runner)."""
     router = APIRouter(prefix="/v1", tags=["processes"])
     service = hub.processes
+
+    def changed() -> None:
+        if on_change is not None:
+            on_change()
 
     @router.get("/processes")
     async def list_processes() -> Response:
@@ -74,6 +91,7 @@ def process_routes(hub: Hub) -> APIRouter:
         ident, created = await run_in_threadpool(
             service.start, process, request.business_key, request.input
         )
+        changed()
         return _json({"id": ident, "created": created}, 201 if created else 200)
 
     @router.get("/processes/instances")
@@ -85,13 +103,14 @@ def process_routes(hub: Hub) -> APIRouter:
         until: str | None = Query(None, description="ISO 8601 time"),
         limit: int = Query(100, ge=1, le=1000),
     ) -> Response:
+        window = _timestamp("since", since), _timestamp("until", until)
         rows = await run_in_threadpool(
             lambda: service.search(
                 process=process,
                 status=status,
                 business_key=business_key,
-                since=_timestamp(since),
-                until=_timestamp(until),
+                since=window[0],
+                until=window[1],
                 limit=limit,
             )
         )
@@ -106,6 +125,7 @@ def process_routes(hub: Hub) -> APIRouter:
         """signal, event, approve, cancel, terminate, retry or skip."""
         body = (request or Operation()).model_dump(exclude_none=True)
         await run_in_threadpool(service.operate, instance, operation, body)
+        changed()
         return _json({"instance": instance, "queued": operation}, 202)
 
     @router.get("/escalations")

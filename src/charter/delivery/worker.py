@@ -132,6 +132,8 @@ class DeliveryWorker:
     async def _idle(self) -> None:
         """Wait for a wake-up, the next due delivery or the idle ceiling, whichever is first."""
         self._wake.clear()
+        if self._stopping.is_set():
+            return
         timeout = self.settings.idle_poll
         if not self._in_flight:
             # Nothing of ours can make work due; sleep until the store says something is.

@@ -90,6 +90,23 @@ def backoff(policy: RetryPolicy, attempt: int, fraction: float) -> float:
     return fraction * min(policy.max_backoff, policy.initial_backoff * growth)
 
 
+MAX_SHOWN = 2000
+
+
+def _shown(command: Command) -> dict[str, Any]:
+    """What a call or task sends, for the timeline (large bodies are cut)."""
+    if isinstance(command, Call):
+        shown: dict[str, Any] = {"call": f"{command.method} {command.system}{command.path}"}
+        payload = command.body
+    elif isinstance(command, RunTask):
+        shown, payload = {"task": command.handler}, command.input
+    else:
+        return {}
+    text = orjson.dumps(payload).decode()
+    shown["body"] = payload if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
+    return shown
+
+
 def new_state(instance: str, business_key: str, input_: Any) -> dict[str, Any]:
     """The state of an instance before its first step."""
     return {
@@ -362,7 +379,7 @@ class _Run:
                     timeout=spec.timeout,
                 )
             )
-        self.log(step.id, "attempt", attempt=attempt)
+        self.log(step.id, "attempt", attempt=attempt, request=_shown(self.commands[-1]))
 
     def complete(self, step: CompiledStep, output: Any) -> None:
         entry = self.st(step.id)
@@ -511,7 +528,9 @@ class _Run:
         except MappingError as exc:
             self.undo_failed(step, str(exc))
             return
-        self.log(step.id, "compensation attempt", attempt=attempt)
+        self.log(
+            step.id, "compensation attempt", attempt=attempt, request=_shown(self.commands[-1])
+        )
 
     def undo_failed(self, step: CompiledStep, error: str) -> None:
         entry = self.st(step.id)

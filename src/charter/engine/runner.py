@@ -167,6 +167,8 @@ class ProcessRunner:
 
     async def _idle(self) -> None:
         self._wake.clear()
+        if self._stopping.is_set():
+            return
         if self._results:
             return
         timeout = self.settings.idle_poll

@@ -108,10 +108,16 @@ class ProcessService:
     @staticmethod
     def _waiting_step(state: dict[str, Any], body: dict[str, Any]) -> str:
         waiting = [s for s, w in state["waits"].items() if w.get("kind") == "event"]
-        if len(waiting) != 1:
+        if not waiting:
+            raise Conflict(
+                "the instance is not waiting for any event",
+                fix="check its waits with 'charter process show'",
+            )
+        if len(waiting) > 1:
             raise BadRequest(
-                f"the instance waits for {len(waiting)} events; say which step this one is for",
-                fix='send {"step": <step id>, "data": ...}',
+                f"the instance waits for {len(waiting)} events ({', '.join(waiting)}); "
+                "say which step this one is for",
+                fix="name the step: 'step' in the API body, --step on the CLI",
             )
         return str(waiting[0])
 

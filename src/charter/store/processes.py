@@ -275,9 +275,11 @@ class SqlProcessStore:
 
     def after_append(self, conn: Connection, appended: list[NewEvent], now: float) -> None:
         """Start the instances new events trigger and hand them to the waits they match."""
+        touched = False
         for event in appended:
             for start in event.starts:
                 self._write_one(conn, None, start, now, 0.0)
+                touched = True
             if not event.correlations:
                 continue
             conn.execute(
@@ -305,6 +307,9 @@ class SqlProcessStore:
                 ).all():
                     body = {"step": step, "event_id": event.id, "data": orjson.loads(event.data)}
                     self._enqueue(conn, str(instance), "event", body, now)
+                    touched = True
+        if touched and self.store.is_postgres:
+            conn.execute(text(f"NOTIFY {PROCESSES_CHANNEL}"))
 
     def _match_arrived(
         self, conn: Connection, instance: str, waits: list[WaitRow], now: float

@@ -1,0 +1,593 @@
+"""Process engine throughput, latency and memory, against DBOS on the same workload.
+
+The workload is a process of three no-op steps. On Charter it runs as a user
+runs it: ``charter up`` on SQLite, ``charter server`` plus ``charter worker``
+on PostgreSQL, each in a child process on a fresh database, with instances
+started through the API. Two processes are measured:
+
+- ``noop`` (the headline, the one the targets apply to): three ``call``
+  steps, each a POST to the no-op target simulator, which answers ``200 {}``
+  at once. Every step is committed before its call and again with its result,
+  as DBOS checkpoints each step, so this is the like-for-like comparison,
+  with an HTTP round trip per step that DBOS's in-process steps do not make;
+- ``noop-transform``: three ``transform`` steps, which the engine runs inside
+  the start's own transaction: the engine alone, with no worker involved
+  (left out by ``--quick`` unless ``--steps both``).
+
+DBOS 3.4.0 (a bench-only dependency: ``pip install -r bench/requirements.txt``)
+runs a workflow of three no-op ``@DBOS.step`` functions in its own child
+process (``bench/_dbos_workload.py``) on a fresh database of the same kind.
+
+For each engine and database it measures:
+
+- ``instances_per_s`` and ``steps_per_s``: instances (2,000; 300 with
+  ``--quick``) started as fast as the engine takes them, ÷ the time from the
+  first start until all of them have completed. On Charter the starts are
+  ``POST /v1/processes/{name}/instances`` over 64 keep-alive connections and
+  completion is ``GET /v1/processes`` counting them all ``completed``; on
+  DBOS they are ``DBOS.start_workflow`` in a loop and completion is every
+  handle's ``get_result``;
+- ``starts_per_s``: the same instances ÷ the time until the last start was
+  accepted (201 on Charter, a handle on DBOS);
+- ``p50_ms`` / ``p99_ms``: 200 instances (50 with ``--quick``) one after
+  another, each from its start until it is seen completed. Charter is polled
+  with ``GET /v1/processes/instances/{id}`` every 2 ms on one connection, so
+  its figures include up to one poll interval and one request; DBOS's handle
+  returns as soon as the workflow is done;
+- ``cpu_pct``: CPU time of the engine's processes during the throughput phase
+  ÷ its wall time, in % of one core;
+- ``peak_rss_mb``: the largest summed resident set of the engine's processes
+  (both ``charter server`` and ``charter worker`` on PostgreSQL), sampled
+  every 50 ms through both phases;
+- ``ratio_instances`` and ``ratio_p99``: Charter's median (call steps) ÷
+  DBOS's. The targets: instances/s at least 40 times DBOS's on SQLite and 20
+  times on PostgreSQL, and a p99 no worse than DBOS's (a ratio of at most 1).
+
+Before the clock starts, each engine runs one instance to completion (which
+also proves the set-up works). The latency phase runs on the same processes
+and database, after the throughput phase.
+
+Usage::
+
+    python bench/engine.py [--quick] [--db sqlite|postgresql|both]
+                           [--steps call|transform|both] [--instances N]
+                           [--sequential N] [--runs R]
+
+Progress goes to stderr; stdout carries one table per database and, as its
+last line, one JSON object: ``{"quick", "runs", "sizes", "dbos_version",
+"targets", "sqlite": {"charter": {figure: median}, "charter_transform": {...},
+"dbos": {...}, "ratio_instances", "ratio_transform_instances", "ratio_p99",
+"met": {target: bool}, "runs": [...]}, "postgresql": {...}}``. The exit code
+is 0 when the run completed, targets met or not; 1 when it could not
+(instances stuck or failed, counts that disagree, a process that failed); 2
+when DBOS is not installed. ``CHARTER_BENCH_PG`` overrides the PostgreSQL
+admin URL (default postgresql://postgres@127.0.0.1:5432).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.table import Table
+
+from _harness import (
+    KINDS,
+    RUN_FAILURES,
+    BenchFailed,
+    RssSampler,
+    Target,
+    check_postgres,
+    copy_starter,
+    err,
+    fresh_database,
+    out,
+    positive,
+    progress,
+    run_async,
+)
+from _load import build_request, percentile, read_response, run_load
+from charter.processes import HubProcess
+from charter.sim import SimProcess, spawn
+
+HOST = "127.0.0.1"
+STEPS = 3
+START_CONNECTIONS = 64
+POLL_S = 0.02
+LATENCY_POLL_S = 0.002
+STALL_TIMEOUT_S = 60.0
+DBOS_VERSION = "3.4.0"
+DBOS_WORKLOAD = Path(__file__).with_name("_dbos_workload.py")
+JSON_TYPE = {"content-type": "application/json"}
+
+# Charter's two processes, by the kind of their steps, and the engines in a table's columns.
+PROCESSES = {"call": "noop", "transform": "noop-transform"}
+ENGINES = {
+    "charter": "Charter, call steps",
+    "charter_transform": "Charter, transform steps",
+    "dbos": f"DBOS {DBOS_VERSION}",
+}
+
+NOOP_SYSTEM = """\
+kind: System
+name: noop
+role: record
+owner: integration-platform
+description: Answers every call 200 {} at once (charter sim run noop).
+connector: {base_url: "${CHARTER_NOOP_URL}"}
+"""
+
+NOOP_PROCESS = """\
+kind: Process
+name: noop
+version: 1
+owner: integration-platform
+tier: informational
+slo: {objective: 99.0, latency: 1m}
+description: Three calls that do nothing; each is committed before and after.
+steps:
+  - id: one
+    call: {system: noop, path: /one}
+  - id: two
+    call: {system: noop, path: /two}
+  - id: three
+    call: {system: noop, path: /three}
+"""
+
+TRANSFORM_PROCESS = """\
+kind: Process
+name: noop-transform
+version: 1
+owner: integration-platform
+tier: informational
+slo: {objective: 99.0, latency: 1m}
+description: Three transforms, which run inside the start's own transaction.
+steps:
+  - id: one
+    transform: {one: {const: 1}}
+  - id: two
+    transform: {two: {const: 2}}
+  - id: three
+    transform: {three: {const: 3}}
+"""
+
+# Statuses an instance of these processes must never reach.
+FAILED_STATUSES = ("failed", "compensating", "compensated", "cancelled", "terminated")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    instances: int
+    sequential: int
+
+
+# Quick stays under a minute for both databases and both engines, with call steps only: DBOS on
+# SQLite runs 13 to 76 workflows/s on the machine in docs/performance.md, as fast as the disk
+# syncs at the moment, so 300 of them take up to 25 s.
+QUICK = Sizes(instances=300, sequential=50)
+FULL = Sizes(instances=2_000, sequential=200)
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    unit: str
+    digits: int = 0
+    # The key of the ratio to DBOS that has a target, if any.
+    ratio: str | None = None
+
+
+FIGURES = [
+    Figure("instances_per_s", "instances completed", "/s", ratio="ratio_instances"),
+    Figure("steps_per_s", "steps completed", "/s"),
+    Figure("starts_per_s", "starts accepted", "/s"),
+    Figure("p50_ms", "start to completion p50", "ms", 1),
+    Figure("p99_ms", "start to completion p99", "ms", 1, ratio="ratio_p99"),
+    Figure("cpu_pct", "CPU, throughput phase", "% of a core"),
+    Figure("peak_rss_mb", "peak RSS", "MiB", 1),
+]
+
+TARGETS = [
+    Target("ratio_instances", True, 40, kinds=("sqlite",)),
+    Target("ratio_instances", True, 20, kinds=("postgresql",)),
+    Target("ratio_p99", False, 1.0),
+]
+
+
+def targets_for(kind: str) -> dict[str, Target]:
+    return {t.key: t for t in TARGETS if kind in t.kinds}
+
+
+# Charter
+
+
+def write_project(folder: Path) -> Path:
+    """The starter project plus the no-op system and the two no-op processes."""
+    project = copy_starter(folder)
+    (project / "systems" / "noop.yaml").write_text(NOOP_SYSTEM)
+    processes = project / "processes"
+    processes.mkdir(exist_ok=True)
+    (processes / "noop.yaml").write_text(NOOP_PROCESS)
+    (processes / "noop-transform.yaml").write_text(TRANSFORM_PROCESS)
+    return project
+
+
+@contextlib.contextmanager
+def charter(kind: str, project: Path, url: str, noop: SimProcess) -> Iterator[list[HubProcess]]:
+    """Charter's processes on ``url``, the one serving the API first.
+
+    ``charter up`` on SQLite (one process per file); ``charter server`` and
+    ``charter worker`` on PostgreSQL.
+    """
+    env = {"CHARTER_NOOP_URL": noop.url}
+    commands = ["up"] if kind == "sqlite" else ["server", "worker"]
+    with contextlib.ExitStack() as stack:
+        hubs: list[HubProcess] = []
+        try:
+            for command in commands:
+                hub = HubProcess(project, command=command, database=url, env=env)
+                stack.callback(hub.close)
+                hubs.append(hub.start())
+            yield hubs
+        except BaseException:
+            for hub in hubs:
+                err.print(f"[bold]charter {hub.command}[/] log:\n{hub.log_tail()}")
+            raise
+
+
+def start_request(port: int, process: str, key: str, n: int) -> bytes:
+    body = orjson.dumps({"business_key": key, "input": {"n": n}})
+    return build_request("POST", HOST, port, f"/v1/processes/{process}/instances", body, JSON_TYPE)
+
+
+def instance_counts(api: HubProcess) -> dict[str, int]:
+    response = api.client.get("/v1/processes")
+    response.raise_for_status()
+    counts: dict[str, int] = response.json()["instances"]
+    return counts
+
+
+def wait_completed(api: HubProcess, expected: int) -> float:
+    """Wait until ``GET /v1/processes`` counts ``expected`` instances, all completed; when.
+
+    Fails when an instance failed, when there are more instances than
+    expected, or when the completed count does not move for a minute.
+    """
+    last, moved = -1, time.monotonic()
+    while True:
+        counts = instance_counts(api)
+        done = time.perf_counter()
+        completed = counts.get("completed", 0)
+        failed = {status: counts[status] for status in FAILED_STATUSES if counts.get(status)}
+        if failed:
+            raise BenchFailed(f"instances ended {failed}: {counts}")
+        if sum(counts.values()) > expected:
+            raise BenchFailed(f"the hub holds more instances than were started: {counts}")
+        if completed == expected:
+            return done
+        if completed != last:
+            last, moved = completed, time.monotonic()
+        elif time.monotonic() - moved > STALL_TIMEOUT_S:
+            raise BenchFailed(
+                f"{completed} of {expected} instances completed and none more for "
+                f"{STALL_TIMEOUT_S:g} s: {counts}"
+            )
+        time.sleep(POLL_S)
+
+
+async def sequential_latencies(port: int, process: str, run: str, count: int) -> list[float]:
+    """Start ``count`` instances one at a time on one connection, each polled until completed."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    latencies: list[float] = []
+    try:
+        for n in range(count):
+            begin = time.perf_counter()
+            writer.write(start_request(port, process, f"{run}-seq-{n}", n))
+            status, body = await read_response(reader)
+            if status != 201:
+                raise BenchFailed(f"a start was answered {status}: {body[:300]!r}")
+            ident = orjson.loads(body)["id"]
+            poll = build_request("GET", HOST, port, f"/v1/processes/instances/{ident}")
+            while True:
+                writer.write(poll)
+                status, body = await read_response(reader)
+                if status != 200:
+                    raise BenchFailed(f"GET instance {ident} was answered {status}")
+                state = orjson.loads(body)["status"]
+                if state == "completed":
+                    break
+                if state in FAILED_STATUSES:
+                    raise BenchFailed(f"instance {ident} ended {state}: {body[:500]!r}")
+                if time.perf_counter() - begin > STALL_TIMEOUT_S:
+                    raise BenchFailed(f"instance {ident} is still {state} after a minute")
+                await asyncio.sleep(LATENCY_POLL_S)
+            latencies.append(time.perf_counter() - begin)
+    finally:
+        writer.close()
+    return latencies
+
+
+def measure_charter(
+    kind: str, project: Path, url: str, noop: SimProcess, sizes: Sizes, steps: str
+) -> dict[str, float]:
+    """Throughput, then latency, of one no-op process on one Charter deployment."""
+    process = PROCESSES[steps]
+    run = uuid.uuid4().hex[:8]
+    calls = STEPS if steps == "call" else 0
+    with charter(kind, project, url, noop) as hubs, RssSampler(*(h.pid for h in hubs)) as rss:
+        api = hubs[0]
+        requests = [
+            start_request(api.port, process, f"{run}-{n}", n) for n in range(sizes.instances)
+        ]
+        run_async(sequential_latencies(api.port, process, f"{run}-warm-up", 1))
+        noop_before = noop.report()["received"]
+        progress(f"  {sizes.instances:,} instances over {START_CONNECTIONS} connections")
+        cpu_before = rss.cpu_seconds()
+        result = run_async(
+            run_load(HOST, api.port, requests, connections=START_CONNECTIONS, expect=201)
+        )
+        refused = {status: n for status, n in result.statuses.items() if status != 201}
+        if refused:
+            raise BenchFailed(f"starts were refused {refused}: {result.failures}")
+        done = wait_completed(api, 1 + sizes.instances)
+        cpu = rss.cpu_seconds() - cpu_before
+        elapsed = done - result.started
+        received = noop.report()["received"] - noop_before
+        if received < calls * sizes.instances:
+            raise BenchFailed(
+                f"the instances completed, but the no-op target got {received} calls "
+                f"< {calls * sizes.instances}"
+            )
+        progress(f"  started in {result.elapsed:.1f} s, all completed after {elapsed:.1f} s")
+        progress(f"  {sizes.sequential} instances one at a time")
+        latencies = run_async(sequential_latencies(api.port, process, run, sizes.sequential))
+    return {
+        "instances_per_s": sizes.instances / elapsed,
+        "steps_per_s": STEPS * sizes.instances / elapsed,
+        "starts_per_s": sizes.instances / result.elapsed,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "cpu_pct": 100 * cpu / elapsed,
+        "peak_rss_mb": rss.peak / 2**20,
+    }
+
+
+# DBOS
+
+
+def measure_dbos(url: str, sizes: Sizes) -> dict[str, float]:
+    """The same workload on DBOS in a child process (``bench/_dbos_workload.py``)."""
+    progress(f"  {sizes.instances:,} workflows, then {sizes.sequential} one at a time")
+    args = [sys.executable, str(DBOS_WORKLOAD), url, str(sizes.instances), str(sizes.sequential)]
+    with tempfile.TemporaryFile() as log:
+        child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
+        try:
+            with RssSampler(child.pid) as rss:
+                stdout, _ = child.communicate(timeout=60 + sizes.instances)
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        if child.returncode != 0 or not stdout.strip():
+            log.seek(0)
+            tail = "\n".join(log.read().decode("utf-8", "replace").splitlines()[-30:])
+            raise BenchFailed(f"the DBOS workload exited {child.returncode}:\n{tail}")
+    report: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    latencies: list[float] = report["latencies"]
+    instances_per_s = float(report["instances_per_s"])
+    progress(f"  {instances_per_s:,.1f} workflows/s")
+    return {
+        "instances_per_s": instances_per_s,
+        "steps_per_s": STEPS * instances_per_s,
+        "starts_per_s": float(report["starts_per_s"]),
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "cpu_pct": float(report["cpu_pct"]),
+        "peak_rss_mb": rss.peak / 2**20,
+    }
+
+
+def measure(
+    kind: str, folder: Path, project: Path, noop: SimProcess, sizes: Sizes, steps: list[str]
+) -> dict[str, dict[str, float]]:
+    """Every engine on ``kind``, each on its own fresh database."""
+    figures: dict[str, dict[str, float]] = {}
+    for variant in steps:
+        engine = "charter" if variant == "call" else "charter_transform"
+        progress(f"[bold]{kind}[/]: {ENGINES[engine]}")
+        with fresh_database(kind, folder) as url:
+            figures[engine] = measure_charter(kind, project, url, noop, sizes, variant)
+    progress(f"[bold]{kind}[/]: {ENGINES['dbos']}")
+    with fresh_database(kind, folder) as url:
+        figures["dbos"] = measure_dbos(url, sizes)
+    return figures
+
+
+# Report
+
+
+def ratios(run: dict[str, dict[str, float]]) -> dict[str, float]:
+    dbos = run["dbos"]
+    found: dict[str, float] = {}
+    if "charter" in run:
+        found["ratio_instances"] = run["charter"]["instances_per_s"] / dbos["instances_per_s"]
+        found["ratio_p99"] = run["charter"]["p99_ms"] / dbos["p99_ms"]
+    if "charter_transform" in run:
+        found["ratio_transform_instances"] = (
+            run["charter_transform"]["instances_per_s"] / dbos["instances_per_s"]
+        )
+        found["ratio_transform_p99"] = run["charter_transform"]["p99_ms"] / dbos["p99_ms"]
+    return found
+
+
+def summarise(kind: str, runs: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Medians per engine, the ratios of those medians, whether targets are met, every run.
+
+    The ratios are of the medians, not medians of per-run ratios: the engines run one after
+    the other, so one run's Charter and DBOS figures do not share the machine's moment anyway.
+    """
+    medians = {
+        engine: {f.key: statistics.median(run[engine][f.key] for run in runs) for f in FIGURES}
+        for engine in runs[0]
+    }
+    summary: dict[str, Any] = {
+        engine: {k: round(v, 3) for k, v in figures.items()} for engine, figures in medians.items()
+    }
+    summary |= {k: round(v, 3) for k, v in ratios(medians).items()}
+    summary["met"] = {
+        key: target.met(summary[key]) for key, target in targets_for(kind).items() if key in summary
+    }
+    summary["runs"] = [
+        {engine: {k: round(v, 3) for k, v in figures.items()} for engine, figures in run.items()}
+        | {k: round(v, 3) for k, v in ratios(run).items()}
+        for run in runs
+    ]
+    return summary
+
+
+def cell(summary: dict[str, Any], engine: str, figure: Figure) -> str:
+    if engine not in summary:
+        return ""
+    value = summary[engine][figure.key]
+    text = f"{value:,.{figure.digits}f}"
+    values = [run[engine][figure.key] for run in summary["runs"]]
+    if len(values) > 1:
+        text += f" ({min(values):,.{figure.digits}f} .. {max(values):,.{figure.digits}f})"
+    return text
+
+
+def table(kind: str, summary: dict[str, Any], runs: int) -> Table:
+    title = f"Process engine on {kind}" + (f" (median of {runs} runs, range)" if runs > 1 else "")
+    grid = Table(title=title, title_justify="left")
+    grid.add_column("figure")
+    grid.add_column("unit")
+    engines = [e for e in ENGINES if e in summary]
+    for engine in engines:
+        grid.add_column(ENGINES[engine], justify="right")
+    grid.add_column("call ÷ DBOS", justify="right")
+    grid.add_column("target", justify="right")
+    grid.add_column("met")
+    targets = targets_for(kind)
+    for figure in FIGURES:
+        cells = [figure.label, figure.unit] + [cell(summary, e, figure) for e in engines]
+        if "charter" in summary:
+            ratio = summary["charter"][figure.key] / summary["dbos"][figure.key]
+            cells.append(f"{ratio:,.2f}x")
+        else:
+            cells.append("")
+        target = targets.get(figure.ratio) if figure.ratio else None
+        if target is None or figure.ratio not in summary["met"]:
+            cells += ["", ""]
+        else:
+            met = summary["met"][figure.ratio]
+            cells += [f"{target}x", "[green]yes[/]" if met else "[red]no[/]"]
+        grid.add_row(*cells)
+    return grid
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes; under a minute")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument(
+        "--steps",
+        choices=("call", "transform", "both"),
+        help="Charter's process: call steps (the targets' figure), transform steps, or both "
+        "(the default; call with --quick)",
+    )
+    parser.add_argument("--instances", type=positive, help="instances in the throughput phase")
+    parser.add_argument("--sequential", type=positive, help="instances in the latency phase")
+    parser.add_argument("--runs", type=positive, default=1, help="repeat and report medians")
+    return parser.parse_args(argv)
+
+
+def dbos_version() -> str | None:
+    """The installed DBOS version, or None when it is not installed."""
+    if importlib.util.find_spec("dbos") is None:
+        return None
+    return importlib.metadata.version("dbos")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    base = QUICK if args.quick else FULL
+    sizes = Sizes(
+        instances=args.instances or base.instances,
+        sequential=args.sequential or base.sequential,
+    )
+    kinds = KINDS if args.db == "both" else (args.db,)
+    chosen = args.steps or ("call" if args.quick else "both")
+    steps = ["call", "transform"] if chosen == "both" else [chosen]
+    version = dbos_version()
+    if version is None:
+        err.print(
+            f"[red]bench failed:[/] DBOS is not installed: pip install dbos=={DBOS_VERSION} "
+            "(bench-only; pip install -r bench/requirements.txt)",
+            soft_wrap=True,
+        )
+        return 2
+    if version != DBOS_VERSION:
+        err.print(
+            f"[yellow]note:[/] DBOS {version} is installed; the figures are for {DBOS_VERSION}"
+        )
+    if "postgresql" in kinds and (problem := check_postgres()) is not None:
+        err.print(f"[red]bench failed:[/] {problem}")
+        return 1
+    results: dict[str, list[dict[str, dict[str, float]]]] = {kind: [] for kind in kinds}
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="charter-bench-") as temp:
+            folder = Path(temp)
+            project = write_project(folder / "project")
+            with spawn("noop") as noop:
+                for number in range(1, args.runs + 1):
+                    if args.runs > 1:
+                        progress(f"run {number} of {args.runs}")
+                    for kind in kinds:
+                        results[kind].append(measure(kind, folder, project, noop, sizes, steps))
+    except RUN_FAILURES as exc:
+        err.print(f"[red]bench failed:[/] {exc}")
+        return 1
+    summaries = {kind: summarise(kind, runs) for kind, runs in results.items()}
+    for kind, summary in summaries.items():
+        out.print(table(kind, summary, args.runs))
+    err.print(f"took {time.monotonic() - started:.1f} s")
+    report = {
+        "quick": args.quick,
+        "runs": args.runs,
+        "sizes": {
+            "instances": sizes.instances,
+            "sequential": sizes.sequential,
+            "steps_per_instance": STEPS,
+            "start_connections": START_CONNECTIONS,
+        },
+        "dbos_version": version,
+        "targets": {
+            key: {kind: str(t) for t in TARGETS if t.key == key for kind in t.kinds}
+            for key in dict.fromkeys(t.key for t in TARGETS)
+        },
+        **summaries,
+    }
+    sys.stdout.flush()
+    print(json.dumps(report, ensure_ascii=False), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
