@@ -122,6 +122,7 @@ class Planner:
             history=transition.history,
             waits=waits,
             new_waits=[w for w in waits if w not in before],
+            had_waits=bool(before),
             consumed=consumed or [],
         )
         for command in transition.commands:

@@ -12,7 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from charter.store.protocol import IngestBatch, NewEvent
 from charter.store.schema import (
@@ -72,6 +83,8 @@ class InstanceWrite:
     waits: list[WaitRow] = field(default_factory=list)
     # Waits this transition registers (the others were registered before).
     new_waits: list[WaitRow] = field(default_factory=list)
+    # Whether the instance had waits before, so stored ones must be replaced.
+    had_waits: bool = True
     consumed: list[int] = field(default_factory=list)
     children: list[InstanceWrite] = field(default_factory=list)
     escalations: list[tuple[str, str, str]] = field(default_factory=list)
@@ -95,6 +108,19 @@ class Claim:
 
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _history_rows(w: InstanceWrite, now: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "instance_id": w.instance.id,
+            "at": h.get("at", now),
+            "step": h.get("step"),
+            "what": h["what"],
+            "detail": _json({k: v for k, v in h.items() if k not in ("at", "step", "what")}),
+        }
+        for h in w.history
+    ]
 
 
 def _record(row: Any) -> InstanceRecord:
@@ -147,13 +173,86 @@ class SqlProcessStore:
         self, worker: str | None, writes: list[InstanceWrite], lease_seconds: float = 30.0
     ) -> list[WriteResult]:
         """Commit many transitions in one transaction (group commit)."""
-        results: list[WriteResult] = []
+        results: dict[int, WriteResult] = {}
         with self.store._write() as conn:
             now = self.store._now(conn)
-            for w in writes:
-                results.append(self._write_one(conn, worker, w, now, lease_seconds))
-            if self.store.is_postgres and any(r.outcome == "ok" for r in results):
+            updates = [(n, w) for n, w in enumerate(writes) if not w.new]
+            if worker is not None and updates:
+                results.update(self._update_many(conn, worker, updates, now, lease_seconds))
+            for n, w in enumerate(writes):
+                if n not in results:
+                    results[n] = self._write_one(conn, worker, w, now, lease_seconds)
+            if self.store.is_postgres and any(r.outcome == "ok" for r in results.values()):
                 conn.execute(text(f"NOTIFY {PROCESSES_CHANNEL}"))
+        return [results[n] for n in range(len(writes))]
+
+    def _update_many(
+        self,
+        conn: Connection,
+        worker: str,
+        updates: list[tuple[int, InstanceWrite]],
+        now: float,
+        lease: float,
+    ) -> dict[int, WriteResult]:
+        """Transitions of instances this worker leases, a few statements for all of them."""
+        ids = [w.instance.id for _, w in updates]
+        owned: set[str] = set()
+        for chunk in range(0, len(ids), 500):
+            owned.update(
+                str(x)
+                for x in conn.execute(
+                    select(process_instances.c.id)
+                    .where(
+                        process_instances.c.id.in_(ids[chunk : chunk + 500]),
+                        process_instances.c.lease_owner == worker,
+                    )
+                    .with_for_update()
+                ).scalars()
+            )
+        results = {n: WriteResult("lost", w.instance.id) for n, w in updates}
+        done = [w for _, w in updates if w.instance.id in owned]
+        if not done:
+            return results
+        conn.execute(
+            update(process_instances)
+            .where(process_instances.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"),
+                state=bindparam("b_state"),
+                next_wake_at=bindparam("b_wake"),
+                lease_owner=bindparam("b_owner"),
+                lease_expires_at=bindparam("b_expires"),
+                updated_at=now,
+            ),
+            [
+                {
+                    "b_id": w.instance.id,
+                    "b_status": w.instance.status,
+                    "b_state": _json(w.instance.state),
+                    "b_wake": w.next_wake_at,
+                    "b_owner": worker if w.keep_lease else None,
+                    "b_expires": now + lease if w.keep_lease else None,
+                }
+                for w in done
+            ],
+        )
+        history = [row for w in done for row in _history_rows(w, now)]
+        if history:
+            conn.execute(insert(process_history), history)
+        stale = [w.instance.id for w in done if w.had_waits]
+        if stale:
+            conn.execute(delete(process_waits).where(process_waits.c.instance_id.in_(stale)))
+        waits = [{"instance_id": w.instance.id, **vars(x)} for w in done for x in w.waits]
+        if waits:
+            conn.execute(insert(process_waits), waits)
+        consumed = [item for w in done for item in w.consumed]
+        if consumed:
+            conn.execute(delete(process_inbox).where(process_inbox.c.id.in_(consumed)))
+        for w in done:
+            self._side_effects(conn, w, now, lease)
+        for n, w in updates:
+            if w.instance.id in owned:
+                results[n] = WriteResult("ok", w.instance.id)
         return results
 
     def _write_one(
@@ -197,31 +296,24 @@ class SqlProcessStore:
             if conn.execute(update(process_instances).where(owned).values(**values)).rowcount == 0:
                 return WriteResult("lost", i.id)
         if w.history:
-            conn.execute(
-                insert(process_history),
-                [
-                    {
-                        "instance_id": i.id,
-                        "at": h.get("at", now),
-                        "step": h.get("step"),
-                        "what": h["what"],
-                        "detail": _json(
-                            {k: v for k, v in h.items() if k not in ("at", "step", "what")}
-                        ),
-                    }
-                    for h in w.history
-                ],
-            )
-        conn.execute(delete(process_waits).where(process_waits.c.instance_id == i.id))
+            conn.execute(insert(process_history), _history_rows(w, now))
+        if not w.new:
+            conn.execute(delete(process_waits).where(process_waits.c.instance_id == i.id))
         if w.waits:
             conn.execute(
                 insert(process_waits),
                 [{"instance_id": i.id, **vars(wait)} for wait in w.waits],
             )
-        if w.new_waits:
-            self._match_arrived(conn, i.id, w.new_waits, now)
         if w.consumed:
             conn.execute(delete(process_inbox).where(process_inbox.c.id.in_(w.consumed)))
+        self._side_effects(conn, w, now, lease)
+        return WriteResult("ok", i.id)
+
+    def _side_effects(self, conn: Connection, w: InstanceWrite, now: float, lease: float) -> None:
+        """What commits with a transition besides its row: matches, escalations, children."""
+        i = w.instance
+        if w.new_waits:
+            self._match_arrived(conn, i.id, w.new_waits, now)
         for team, step, message in w.escalations:
             conn.execute(
                 insert(escalations),
@@ -247,7 +339,6 @@ class SqlProcessStore:
         if w.parent_message is not None:
             parent, kind, body = w.parent_message
             self._enqueue(conn, parent, kind, body, now)
-        return WriteResult("ok", i.id)
 
     # matching events and waits
 
