@@ -10,9 +10,12 @@ started through the API. Two processes are measured:
   at once. Every step is committed before its call and again with its result,
   as DBOS checkpoints each step, so this is the like-for-like comparison,
   with an HTTP round trip per step that DBOS's in-process steps do not make;
+- ``noop`` again with batched starts: the same instances started through
+  ``POST /v1/processes/{name}/instances/batch``, 50 per request over 4
+  connections, which takes the API's per-request cost off the engine;
 - ``noop-transform``: three ``transform`` steps, which the engine runs inside
   the start's own transaction: the engine alone, with no worker involved
-  (left out by ``--quick`` unless ``--steps both``).
+  (left out by ``--quick`` unless ``--steps transform`` or ``all``).
 
 DBOS 3.4.0 (a bench-only dependency: ``pip install -r bench/requirements.txt``)
 runs a workflow of three no-op ``@DBOS.step`` functions in its own child
@@ -50,13 +53,14 @@ and database, after the throughput phase.
 Usage::
 
     python bench/engine.py [--quick] [--db sqlite|postgresql|both]
-                           [--steps call|transform|both] [--instances N]
+                           [--steps call|batch|transform|all] [--instances N]
                            [--sequential N] [--runs R]
 
 Progress goes to stderr; stdout carries one table per database and, as its
 last line, one JSON object: ``{"quick", "runs", "sizes", "dbos_version",
 "targets", "sqlite": {"charter": {figure: median}, "charter_transform": {...},
-"dbos": {...}, "ratio_instances", "ratio_transform_instances", "ratio_p99",
+"charter_batch": {...}, "dbos": {...}, "ratio_instances", "ratio_batch_instances",
+"ratio_transform_instances", "ratio_p99",
 "met": {target: bool}, "runs": [...]}, "postgresql": {...}}``. The exit code
 is 0 when the run completed, targets met or not; 1 when it could not
 (instances stuck or failed, counts that disagree, a process that failed); 2
@@ -108,6 +112,9 @@ from charter.sim import SimProcess, spawn
 HOST = "127.0.0.1"
 STEPS = 3
 START_CONNECTIONS = 64
+# Instances per request, and connections, when starts go to the batch route.
+START_BATCH = 50
+BATCH_CONNECTIONS = 4
 POLL_S = 0.02
 LATENCY_POLL_S = 0.002
 STALL_TIMEOUT_S = 60.0
@@ -116,9 +123,10 @@ DBOS_WORKLOAD = Path(__file__).with_name("_dbos_workload.py")
 JSON_TYPE = {"content-type": "application/json"}
 
 # Charter's two processes, by the kind of their steps, and the engines in a table's columns.
-PROCESSES = {"call": "noop", "transform": "noop-transform"}
+PROCESSES = {"call": "noop", "batch": "noop", "transform": "noop-transform"}
 ENGINES = {
     "charter": "Charter, call steps",
+    "charter_batch": "Charter, call steps, batched starts",
     "charter_transform": "Charter, transform steps",
     "dbos": f"DBOS {DBOS_VERSION}",
 }
@@ -256,6 +264,12 @@ def start_request(port: int, process: str, key: str, n: int) -> bytes:
     return build_request("POST", HOST, port, f"/v1/processes/{process}/instances", body, JSON_TYPE)
 
 
+def start_batch_request(port: int, process: str, keys: list[tuple[str, int]]) -> bytes:
+    body = orjson.dumps({"instances": [{"business_key": k, "input": {"n": n}} for k, n in keys]})
+    path = f"/v1/processes/{process}/instances/batch"
+    return build_request("POST", HOST, port, path, body, JSON_TYPE)
+
+
 def instance_counts(api: HubProcess) -> dict[str, int]:
     response = api.client.get("/v1/processes")
     response.raise_for_status()
@@ -329,19 +343,26 @@ def measure_charter(
     """Throughput, then latency, of one no-op process on one Charter deployment."""
     process = PROCESSES[steps]
     run = uuid.uuid4().hex[:8]
-    calls = STEPS if steps == "call" else 0
+    calls = 0 if steps == "transform" else STEPS
     with charter(kind, project, url, noop) as hubs, RssSampler(*(h.pid for h in hubs)) as rss:
         api = hubs[0]
-        requests = [
-            start_request(api.port, process, f"{run}-{n}", n) for n in range(sizes.instances)
-        ]
+        keys = [(f"{run}-{n}", n) for n in range(sizes.instances)]
+        if steps == "batch":
+            requests = [
+                start_batch_request(api.port, process, keys[at : at + START_BATCH])
+                for at in range(0, len(keys), START_BATCH)
+            ]
+            connections = min(BATCH_CONNECTIONS, len(requests))
+            how = f"in batches of {START_BATCH} over {connections} connections"
+        else:
+            requests = [start_request(api.port, process, key, n) for key, n in keys]
+            connections = START_CONNECTIONS
+            how = f"over {connections} connections"
         run_async(sequential_latencies(api.port, process, f"{run}-warm-up", 1))
         noop_before = noop.report()["received"]
-        progress(f"  {sizes.instances:,} instances over {START_CONNECTIONS} connections")
+        progress(f"  {sizes.instances:,} instances {how}")
         cpu_before = rss.cpu_seconds()
-        result = run_async(
-            run_load(HOST, api.port, requests, connections=START_CONNECTIONS, expect=201)
-        )
+        result = run_async(run_load(HOST, api.port, requests, connections=connections, expect=201))
         refused = {status: n for status, n in result.statuses.items() if status != 201}
         if refused:
             raise BenchFailed(f"starts were refused {refused}: {result.failures}")
@@ -409,7 +430,7 @@ def measure(
     """Every engine on ``kind``, each on its own fresh database."""
     figures: dict[str, dict[str, float]] = {}
     for variant in steps:
-        engine = "charter" if variant == "call" else "charter_transform"
+        engine = {"call": "charter", "batch": "charter_batch"}.get(variant, "charter_transform")
         progress(f"[bold]{kind}[/]: {ENGINES[engine]}")
         with fresh_database(kind, folder) as url:
             figures[engine] = measure_charter(kind, project, url, noop, sizes, variant)
@@ -428,6 +449,10 @@ def ratios(run: dict[str, dict[str, float]]) -> dict[str, float]:
     if "charter" in run:
         found["ratio_instances"] = run["charter"]["instances_per_s"] / dbos["instances_per_s"]
         found["ratio_p99"] = run["charter"]["p99_ms"] / dbos["p99_ms"]
+    if "charter_batch" in run:
+        found["ratio_batch_instances"] = (
+            run["charter_batch"]["instances_per_s"] / dbos["instances_per_s"]
+        )
     if "charter_transform" in run:
         found["ratio_transform_instances"] = (
             run["charter_transform"]["instances_per_s"] / dbos["instances_per_s"]
@@ -507,9 +532,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument(
         "--steps",
-        choices=("call", "transform", "both"),
-        help="Charter's process: call steps (the targets' figure), transform steps, or both "
-        "(the default; call with --quick)",
+        choices=("call", "batch", "transform", "all"),
+        help="Charter's process: call steps started one per request (the targets' figure), "
+        "the same started in batches, transform steps, or all (the default; call and batch "
+        "with --quick)",
     )
     parser.add_argument("--instances", type=positive, help="instances in the throughput phase")
     parser.add_argument("--sequential", type=positive, help="instances in the latency phase")
@@ -532,8 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         sequential=args.sequential or base.sequential,
     )
     kinds = KINDS if args.db == "both" else (args.db,)
-    chosen = args.steps or ("call" if args.quick else "both")
-    steps = ["call", "transform"] if chosen == "both" else [chosen]
+    chosen = args.steps or ("quick" if args.quick else "all")
+    steps = {"all": ["call", "batch", "transform"], "quick": ["call", "batch"]}.get(
+        chosen, [chosen]
+    )
     version = dbos_version()
     if version is None:
         err.print(

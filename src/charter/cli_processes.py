@@ -74,18 +74,67 @@ def _when(seconds: float | None) -> str:
 @process_app.command("start")
 def start(
     name: Annotated[str, typer.Argument(help="The process to start.")],
-    key: Annotated[str, typer.Option("--key", "-k", help="The business key (one run per key).")],
+    key: Annotated[
+        str | None, typer.Option("--key", "-k", help="The business key (one run per key).")
+    ] = None,
     input_: Annotated[str | None, typer.Option("--input", help="Input as JSON.")] = None,
+    from_: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help='Start one instance per line of this JSON Lines file: {"business_key": ..., '
+            '"input": {...}}.',
+        ),
+    ] = None,
     project: ProjectOption = Path("."),
     database: DatabaseOption = None,
 ) -> None:
-    """Start NAME for a business key; an existing instance for that key is reused."""
+    """Start NAME for a business key (or for every line of --from); existing ones are reused."""
+    if (key is None) == (from_ is None):
+        raise _fail("give either --key (one instance) or --from FILE (one per line)")
+    if from_ is not None:
+        items = _start_lines(from_)
+        with _hub(project, database) as hub:
+            started = hub.processes.start_many(name, items)
+        created = sum(1 for _, new in started if new)
+        out.print(
+            f"started {created} {name} instances; {len(started) - created} were already running"
+        )
+        return
+    assert key is not None
     data = _json_option(input_, "input") or {}
     if not isinstance(data, dict):
         raise _fail("--input must be a JSON object")
     with _hub(project, database) as hub:
-        ident, created = hub.processes.start(name, key, data)
-    out.print(f"{'started' if created else 'already running'} {name} {key}: {ident}")
+        ident, created_one = hub.processes.start(name, key, data)
+    out.print(f"{'started' if created_one else 'already running'} {name} {key}: {ident}")
+
+
+def _start_lines(path: Path) -> list[tuple[str, Any]]:
+    """(business key, input) from each non-blank line of a JSON Lines file."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc.strerror}") from exc
+    items: list[tuple[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise _fail(f"{path}:{number}: not valid JSON ({exc})") from exc
+        key = row.get("business_key") if isinstance(row, dict) else None
+        input_ = row.get("input", {}) if isinstance(row, dict) else None
+        if not isinstance(key, str) or not isinstance(input_, dict):
+            raise _fail(
+                f'{path}:{number}: write {{"business_key": "...", "input": {{...}}}} '
+                "(business_key a string, input an object)"
+            )
+        items.append((key, input_))
+    if not items:
+        raise _fail(f"{path} has no instances to start")
+    return items
 
 
 @process_app.command("list")

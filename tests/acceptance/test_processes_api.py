@@ -136,6 +136,45 @@ def test_the_same_process_and_business_key_never_start_two_instances(
     assert [r["id"] for r in search(api, business_key=racing)] == [raced]
 
 
+def test_a_batch_starts_each_new_business_key_once_and_reports_the_rest(
+    api: httpx.Client, erp: SimProcess
+) -> None:
+    running = new_key()
+    existing = start(api, "fulfil-order", running)
+    fresh = [new_key() for _ in range(3)]
+    batch = [running, *fresh, fresh[0]]  # one already running, one twice in the batch
+    response = api.post(
+        START.format("fulfil-order") + "/batch",
+        json={"instances": [{"business_key": k, "input": {"id": k, "total": 5.0}} for k in batch]},
+    )
+    assert response.status_code == 201, response.text
+    answer = response.json()
+    assert answer["created"] == 3
+    rows = answer["instances"]
+    assert [r["business_key"] for r in rows] == batch
+    assert [r["created"] for r in rows] == [False, True, True, True, False]
+    assert rows[0]["id"] == existing and rows[4]["id"] == rows[1]["id"]
+    for row in rows[1:4]:
+        found = await_instance(api, row["id"], step_is("approval", "waiting"))
+        assert found["business_key"] == row["business_key"]
+        assert applied_for(erp, row["id"]) == [f"{row['id']}:create_order"]
+
+    again = api.post(
+        START.format("fulfil-order") + "/batch",
+        json={"instances": [{"business_key": k} for k in fresh]},
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["created"] == 0
+    for body in ({"instances": []}, {"instances": [{"business_key": ""}]}, {}):
+        problem_of(api.post(START.format("fulfil-order") + "/batch", json=body), 422)
+    too_many = {"instances": [{"business_key": f"k{n}"} for n in range(1001)]}
+    problem_of(api.post(START.format("fulfil-order") + "/batch", json=too_many), 422)
+    unknown = api.post(
+        START.format("no-such-process") + "/batch", json={"instances": [{"business_key": "k"}]}
+    )
+    assert "'no-such-process'" in problem_of(unknown, 404)["detail"]
+
+
 def test_starting_an_unknown_process_or_without_a_key_is_a_problem(api: httpx.Client) -> None:
     unknown = problem_of(
         api.post(START.format("no-such-process"), json={"business_key": new_key()}), 404

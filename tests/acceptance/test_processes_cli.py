@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import orjson
@@ -30,6 +31,7 @@ from tests.acceptance.conftest import (
     erp_order,
     history,
     new_key,
+    search,
     status_is,
     step_is,
 )
@@ -156,6 +158,41 @@ def test_start_twice_for_one_business_key_says_already_running(cli: Cli, erp: Si
     found = await_instance(cli.api, ident, step_is("approval", "waiting"))
     assert found["context"]["input"] == {"id": key, "total": 10.0}
     assert [k for k in applied_keys(erp) if k.startswith(ident)] == [f"{ident}:create_order"]
+
+
+def test_start_from_a_json_lines_file_starts_one_instance_per_new_key(
+    cli: Cli, erp: SimProcess, tmp_path: Path
+) -> None:
+    running = new_key()
+    cli.start("fulfil-order", running)
+    fresh = [new_key(), new_key()]
+    lines = tmp_path / "orders.jsonl"
+    lines.write_text(
+        "\n".join(
+            orjson.dumps({"business_key": k, "input": {"id": k, "total": 3.0}}).decode()
+            for k in [running, *fresh]
+        )
+        + "\n\n"
+    )
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"business_key": "a"}\n{"business_key": 7}\n')
+    [started], [both, neither, bad, missing] = together(
+        lambda: cli.ok(("process", "start", "fulfil-order", "--from", str(lines))),
+        lambda: cli.fails(
+            ("process", "start", "fulfil-order", "--key", "k", "--from", str(lines)),
+            ("process", "start", "fulfil-order"),
+            ("process", "start", "fulfil-order", "--from", str(broken)),
+            ("process", "start", "fulfil-order", "--from", str(tmp_path / "none.jsonl")),
+        ),
+    )
+    assert started == "started 2 fulfil-order instances; 1 were already running"
+    assert "either --key" in both and "either --key" in neither
+    assert f"{broken}:2:" in bad and "business_key a string" in bad
+    assert "cannot read" in missing
+    for key in fresh:
+        [row] = search(cli.api, business_key=key)
+        found = await_instance(cli.api, row["id"], step_is("approval", "waiting"))
+        assert found["context"]["input"] == {"id": key, "total": 3.0}
 
 
 def test_approve_event_and_signal_drive_an_order_and_show_prints_its_timeline(

@@ -15,6 +15,9 @@ from starlette.responses import Response
 from charter.errors import BadRequest
 from charter.runtime import Hub
 
+# The most instances one batch start takes.
+MAX_BATCH = 1000
+
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
@@ -25,6 +28,12 @@ class StartRequest(BaseModel):
 
     business_key: str = Field(min_length=1, max_length=255)
     input: dict[str, Any] = Field(default_factory=dict)
+
+
+class StartBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[StartRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class Operation(BaseModel):
@@ -88,11 +97,28 @@ def process_routes(hub: Hub, on_change: Callable[[], None] | None = None) -> API
     @router.post("/processes/{process}/instances")
     async def start_instance(process: str, request: StartRequest) -> Response:
         """Start an instance; the same process and business key never start two."""
-        ident, created = await run_in_threadpool(
-            service.start, process, request.business_key, request.input
-        )
+        ident, created = await service.start_async(process, request.business_key, request.input)
         changed()
         return _json({"id": ident, "created": created}, 201 if created else 200)
+
+    @router.post("/processes/{process}/instances/batch")
+    async def start_instances(process: str, request: StartBatch) -> Response:
+        """Start many instances in one request; each business key at most once, as above."""
+        started = await service.start_many_async(
+            process, [(item.business_key, item.input) for item in request.instances]
+        )
+        changed()
+        created = sum(1 for _, new in started if new)
+        return _json(
+            {
+                "created": created,
+                "instances": [
+                    {"id": ident, "business_key": item.business_key, "created": new}
+                    for (ident, new), item in zip(started, request.instances, strict=True)
+                ],
+            },
+            201 if created else 200,
+        )
 
     @router.get("/processes/instances")
     async def search_instances(

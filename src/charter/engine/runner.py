@@ -43,7 +43,13 @@ from charter.engine.messages import (
 from charter.engine.persist import Planner
 from charter.engine.registry import Definitions, TaskHandler, is_async
 from charter.errors import ConnectorError, RateLimited
-from charter.store.processes import InboxItem, InstanceRecord, InstanceWrite, SqlProcessStore
+from charter.store.processes import (
+    Claim,
+    InboxItem,
+    InstanceRecord,
+    InstanceWrite,
+    SqlProcessStore,
+)
 
 log = logging.getLogger("charter.engine")
 
@@ -122,11 +128,16 @@ class ProcessRunner:
         # Results of calls and tasks, with the in-flight token each one settles.
         self._results: list[tuple[str, tuple[str, int, bool], Event]] = []
         self._wake = asyncio.Event()
+        # Set when new work may be waiting in the store (a start, a notification, the
+        # idle poll); a tick caused only by results of our own calls claims nothing.
+        self._poked = True
+        self._claimed_at = 0.0
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.transitions = 0
 
     def wake(self) -> None:
+        self._poked = True
         self._wake.set()
 
     def stop(self) -> None:
@@ -179,16 +190,22 @@ class ProcessRunner:
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
-            pass
+            self._poked = True
 
     async def _tick(self, claim: bool = True) -> bool:
         """Claim, apply, commit, dispatch once; False when there was nothing to do."""
-        capacity = self.settings.max_in_flight - len(self._held)
-        limit = min(self.settings.batch_size, capacity) if claim else 0
-        claimed = await asyncio.to_thread(
-            self.store.claim, self.name, limit, self.settings.lease_seconds, list(self._held)
-        )
         now = time.time()
+        if claim and (self._poked or now - self._claimed_at >= self.settings.idle_poll):
+            self._poked = False
+            self._claimed_at = now
+            capacity = self.settings.max_in_flight - len(self._held)
+            limit = min(self.settings.batch_size, capacity)
+            claimed = await asyncio.to_thread(
+                self.store.claim, self.name, limit, self.settings.lease_seconds, list(self._held)
+            )
+            now = time.time()
+        else:
+            claimed = Claim()
         results, self._results = self._results, []
         touched: dict[str, tuple[list[Event], list[int]]] = {}
         fresh: set[str] = set()
@@ -226,10 +243,21 @@ class ProcessRunner:
         writes: list[InstanceWrite] = []
         for instance, (events, consumed) in touched.items():
             held = self._held[instance]
+            if (
+                not events
+                and not consumed
+                and machine.outstanding(held.definition, held.record.state)
+            ):
+                # Freshly claimed with calls outstanding and nothing new: the claim already
+                # holds it and keeps it due, so there is nothing to commit before the calls.
+                self._dispatch(held, redo=True)
+                continue
             transition = self._apply(held, events, now)
             writes.append(
                 self.planner.write(held.record, transition, now, consumed=consumed, keep_lease=True)
             )
+        if not writes:
+            return True
         outcomes = await asyncio.to_thread(
             self.store.write, self.name, writes, self.settings.lease_seconds
         )

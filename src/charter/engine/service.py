@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ from charter.engine.persist import Planner
 from charter.engine.registry import Definitions
 from charter.engine.runner import inbox_event
 from charter.errors import BadRequest, Conflict, NotFound
-from charter.hub.commit import GroupCommitter
+from charter.hub.commit import MAX_GROUP, GroupCommitter
 from charter.store.processes import InboxItem, InstanceWrite, SqlProcessStore, WriteResult
 
 OPERATIONS = ("signal", "event", "approve", "cancel", "terminate", "retry", "skip")
@@ -35,14 +36,39 @@ class ProcessService:
 
     def start(self, process: str, business_key: str, input_: Any) -> tuple[str, bool]:
         """Start ``process`` for ``business_key``; an existing instance is returned, not doubled."""
+        result = self.starts.append(self._new(process, business_key, input_))
+        return result.id, result.outcome == "ok"
+
+    async def start_async(self, process: str, business_key: str, input_: Any) -> tuple[str, bool]:
+        """`start` for the API: the request waits for its group commit on the event loop."""
+        result = await self.starts.append_async(self._new(process, business_key, input_))
+        return result.id, result.outcome == "ok"
+
+    async def start_many_async(
+        self, process: str, items: list[tuple[str, Any]]
+    ) -> list[tuple[str, bool]]:
+        """Start one instance per (business key, input); they commit together."""
+        writes = [self._new(process, key, input_) for key, input_ in items]
+        results = await asyncio.gather(*(self.starts.append_async(w) for w in writes))
+        return [(r.id, r.outcome == "ok") for r in results]
+
+    def start_many(self, process: str, items: list[tuple[str, Any]]) -> list[tuple[str, bool]]:
+        """`start_many_async` for the CLI: one transaction per chunk of instances."""
+        writes = [self._new(process, key, input_) for key, input_ in items]
+        found: list[tuple[str, bool]] = []
+        for chunk in range(0, len(writes), MAX_GROUP):
+            results = self.store.write(None, writes[chunk : chunk + MAX_GROUP])
+            found += [(r.id, r.outcome == "ok") for r in results]
+        return found
+
+    def _new(self, process: str, business_key: str, input_: Any) -> InstanceWrite:
         if not business_key or len(business_key) > 255:
             raise BadRequest(
                 f"business key {business_key!r} must be 1 to 255 characters",
                 fix="send the order, deal or customer id that identifies this run",
             )
         write, _ = self.planner.new_instance(process, business_key, input_, time.time())
-        result = self.starts.append(write)
-        return result.id, result.outcome == "ok"
+        return write
 
     def get(self, instance: str) -> dict[str, Any]:
         record = self.store.get(instance)

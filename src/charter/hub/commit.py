@@ -8,6 +8,7 @@ still answered only after its own batch is committed.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -41,6 +42,13 @@ class GroupCommitter(Generic[Item, Result]):
 
     def append(self, item: Item) -> Result:
         """Commit one item durably; returns once it is committed (or raises)."""
+        return self._submit(item).result()
+
+    async def append_async(self, item: Item) -> Result:
+        """`append` for a coroutine: waits on the event loop, not in a thread of its own."""
+        return await asyncio.wrap_future(self._submit(item))
+
+    def _submit(self, item: Item) -> Future[Result]:
         future: Future[Result] = Future()
         with self._ready:
             if self._closed:
@@ -52,7 +60,7 @@ class GroupCommitter(Generic[Item, Result]):
                 self._thread.start()
             self._pending.append((item, future))
             self._ready.notify()
-        return future.result()
+        return future
 
     def close(self) -> None:
         """Commit what is waiting, then stop the committer thread."""
