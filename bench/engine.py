@@ -123,10 +123,11 @@ DBOS_WORKLOAD = Path(__file__).with_name("_dbos_workload.py")
 JSON_TYPE = {"content-type": "application/json"}
 
 # Charter's two processes, by the kind of their steps, and the engines in a table's columns.
-PROCESSES = {"call": "noop", "batch": "noop", "transform": "noop-transform"}
+PROCESSES = {"call": "noop", "batch": "noop", "task": "noop-task", "transform": "noop-transform"}
 ENGINES = {
     "charter": "Charter, call steps",
     "charter_batch": "Charter, call steps, batched starts",
+    "charter_task": "Charter, task steps",
     "charter_transform": "Charter, transform steps",
     "dbos": f"DBOS {DBOS_VERSION}",
 }
@@ -155,6 +156,31 @@ steps:
     call: {system: noop, path: /two}
   - id: three
     call: {system: noop, path: /three}
+"""
+
+TASK_PROCESS = """\
+kind: Process
+name: noop-task
+version: 1
+owner: integration-platform
+tier: informational
+slo: {objective: 99.0, latency: 1m}
+description: Three in-process task steps that do nothing; each is committed before and after.
+steps:
+  - id: one
+    task: {handler: noop}
+  - id: two
+    task: {handler: noop}
+  - id: three
+    task: {handler: noop}
+"""
+
+TASKS_MODULE = """\
+async def noop(data, context):
+    return {}
+
+
+HANDLERS = {"noop": noop}
 """
 
 TRANSFORM_PROCESS = """\
@@ -233,6 +259,8 @@ def write_project(folder: Path) -> Path:
     processes.mkdir(exist_ok=True)
     (processes / "noop.yaml").write_text(NOOP_PROCESS)
     (processes / "noop-transform.yaml").write_text(TRANSFORM_PROCESS)
+    (processes / "noop-task.yaml").write_text(TASK_PROCESS)
+    (project / "tasks.py").write_text(TASKS_MODULE)
     return project
 
 
@@ -343,7 +371,7 @@ def measure_charter(
     """Throughput, then latency, of one no-op process on one Charter deployment."""
     process = PROCESSES[steps]
     run = uuid.uuid4().hex[:8]
-    calls = 0 if steps == "transform" else STEPS
+    calls = STEPS if steps in ("call", "batch") else 0
     with charter(kind, project, url, noop) as hubs, RssSampler(*(h.pid for h in hubs)) as rss:
         api = hubs[0]
         keys = [(f"{run}-{n}", n) for n in range(sizes.instances)]
@@ -430,7 +458,9 @@ def measure(
     """Every engine on ``kind``, each on its own fresh database."""
     figures: dict[str, dict[str, float]] = {}
     for variant in steps:
-        engine = {"call": "charter", "batch": "charter_batch"}.get(variant, "charter_transform")
+        engine = {"call": "charter", "batch": "charter_batch", "task": "charter_task"}.get(
+            variant, "charter_transform"
+        )
         progress(f"[bold]{kind}[/]: {ENGINES[engine]}")
         with fresh_database(kind, folder) as url:
             figures[engine] = measure_charter(kind, project, url, noop, sizes, variant)
@@ -453,6 +483,11 @@ def ratios(run: dict[str, dict[str, float]]) -> dict[str, float]:
         found["ratio_batch_instances"] = (
             run["charter_batch"]["instances_per_s"] / dbos["instances_per_s"]
         )
+    if "charter_task" in run:
+        found["ratio_task_instances"] = (
+            run["charter_task"]["instances_per_s"] / dbos["instances_per_s"]
+        )
+        found["ratio_task_p99"] = run["charter_task"]["p99_ms"] / dbos["p99_ms"]
     if "charter_transform" in run:
         found["ratio_transform_instances"] = (
             run["charter_transform"]["instances_per_s"] / dbos["instances_per_s"]
@@ -532,7 +567,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument(
         "--steps",
-        choices=("call", "batch", "transform", "all"),
+        choices=("call", "batch", "task", "transform", "all"),
         help="Charter's process: call steps started one per request (the targets' figure), "
         "the same started in batches, transform steps, or all (the default; call and batch "
         "with --quick)",
@@ -559,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     kinds = KINDS if args.db == "both" else (args.db,)
     chosen = args.steps or ("quick" if args.quick else "all")
-    steps = {"all": ["call", "batch", "transform"], "quick": ["call", "batch"]}.get(
+    steps = {"all": ["call", "batch", "task", "transform"], "quick": ["call", "batch", "task"]}.get(
         chosen, [chosen]
     )
     version = dbos_version()

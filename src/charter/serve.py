@@ -133,6 +133,8 @@ def _serve(
     runner_settings: RunnerSettings | None,
 ) -> None:
     worker = Workers(hub, worker_settings, runner_settings) if with_worker else None
+    if worker is not None:
+        hub.processes.hand_starts_to(worker.runner.name, worker.runner.adopt)
     if worker is not None and not hub.store.is_postgres:
         # Embedded mode: this process is the only one using the file, so any lease
         # left in it belongs to a process that died; do not wait for it to expire.

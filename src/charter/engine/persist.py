@@ -64,7 +64,10 @@ class Planner:
         *,
         version: int | None = None,
         parent: tuple[str, str] | None = None,
+        keep_lease: bool = False,
     ) -> tuple[InstanceWrite, Transition]:
+        """The write that creates an instance; with ``keep_lease``, the worker that commits it
+        holds it from the start (when it has calls to make)."""
         definition = (
             self.definitions.get(process, version)
             if version is not None
@@ -83,7 +86,7 @@ class Planner:
             parent_id=parent[0] if parent else None,
             parent_step=parent[1] if parent else None,
         )
-        write = self.write(record, transition, now, new=True)
+        write = self.write(record, transition, now, new=True, keep_lease=keep_lease)
         return write, transition
 
     def write(

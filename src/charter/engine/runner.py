@@ -144,6 +144,20 @@ class ProcessRunner:
         self._stopping.set()
         self._wake.set()
 
+    def adopt(self, records: list[InstanceRecord]) -> None:
+        """Take over instances this process just started, committed already leased to us:
+        their first calls go out at once, with no claim in between."""
+        for record in records:
+            if record.id in self._held:
+                continue
+            try:
+                definition = self.definitions.get(record.process, record.version)
+            except Exception:
+                log.exception("instance %s cannot load its definition", record.id)
+                continue
+            held = self._held[record.id] = _Held(record, definition)
+            self._dispatch(held, redo=True)
+
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat())
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from charter.engine import machine
@@ -13,7 +14,13 @@ from charter.engine.registry import Definitions
 from charter.engine.runner import inbox_event
 from charter.errors import BadRequest, Conflict, NotFound
 from charter.hub.commit import MAX_GROUP, GroupCommitter
-from charter.store.processes import InboxItem, InstanceWrite, SqlProcessStore, WriteResult
+from charter.store.processes import (
+    InboxItem,
+    InstanceRecord,
+    InstanceWrite,
+    SqlProcessStore,
+    WriteResult,
+)
 
 OPERATIONS = ("signal", "event", "approve", "cancel", "terminate", "retry", "skip")
 
@@ -30,9 +37,17 @@ class ProcessService:
         self.store = store
         self.definitions = definitions
         self.planner = Planner(definitions)
+        # The runner in this process, when there is one: instances started here with calls
+        # to make are committed already leased to it and handed over without a claim.
+        self.owner: str | None = None
+        self._adopt: Callable[[list[InstanceRecord]], None] | None = None
         self.starts: GroupCommitter[InstanceWrite, WriteResult] = GroupCommitter(
-            lambda writes: store.write(None, writes)
+            lambda writes: store.write(self.owner, writes)
         )
+
+    def hand_starts_to(self, owner: str, adopt: Callable[[list[InstanceRecord]], None]) -> None:
+        """Give instances started through the API to the runner ``owner`` of this process."""
+        self.owner, self._adopt = owner, adopt
 
     def start(self, process: str, business_key: str, input_: Any) -> tuple[str, bool]:
         """Start ``process`` for ``business_key``; an existing instance is returned, not doubled."""
@@ -41,16 +56,24 @@ class ProcessService:
 
     async def start_async(self, process: str, business_key: str, input_: Any) -> tuple[str, bool]:
         """`start` for the API: the request waits for its group commit on the event loop."""
-        result = await self.starts.append_async(self._new(process, business_key, input_))
+        write = self._new(process, business_key, input_, adopt=True)
+        result = await self.starts.append_async(write)
+        self._adopted([(write, result)])
         return result.id, result.outcome == "ok"
 
     async def start_many_async(
         self, process: str, items: list[tuple[str, Any]]
     ) -> list[tuple[str, bool]]:
         """Start one instance per (business key, input); they commit together."""
-        writes = [self._new(process, key, input_) for key, input_ in items]
+        writes = [self._new(process, key, input_, adopt=True) for key, input_ in items]
         results = await asyncio.gather(*(self.starts.append_async(w) for w in writes))
+        self._adopted(list(zip(writes, results, strict=True)))
         return [(r.id, r.outcome == "ok") for r in results]
+
+    def _adopted(self, started: list[tuple[InstanceWrite, WriteResult]]) -> None:
+        held = [w.instance for w, r in started if w.keep_lease and r.outcome == "ok"]
+        if held and self._adopt is not None:
+            self._adopt(held)
 
     def start_many(self, process: str, items: list[tuple[str, Any]]) -> list[tuple[str, bool]]:
         """`start_many_async` for the CLI: one transaction per chunk of instances."""
@@ -61,13 +84,21 @@ class ProcessService:
             found += [(r.id, r.outcome == "ok") for r in results]
         return found
 
-    def _new(self, process: str, business_key: str, input_: Any) -> InstanceWrite:
+    def _new(
+        self, process: str, business_key: str, input_: Any, adopt: bool = False
+    ) -> InstanceWrite:
         if not business_key or len(business_key) > 255:
             raise BadRequest(
                 f"business key {business_key!r} must be 1 to 255 characters",
                 fix="send the order, deal or customer id that identifies this run",
             )
-        write, _ = self.planner.new_instance(process, business_key, input_, time.time())
+        write, _ = self.planner.new_instance(
+            process,
+            business_key,
+            input_,
+            time.time(),
+            keep_lease=adopt and self._adopt is not None,
+        )
         return write
 
     def get(self, instance: str) -> dict[str, Any]:
