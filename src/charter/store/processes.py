@@ -123,6 +123,20 @@ def _history_rows(w: InstanceWrite, now: float) -> list[dict[str, Any]]:
     ]
 
 
+def _concerns_others(w: InstanceWrite) -> bool:
+    """Whether a transition may give a worker something to do that it would not find by
+    itself: a new instance, a child, a message to a parent, an instance let go (with a timer
+    to keep), or new waits (an event may already be there). A worker that keeps its lease
+    goes on with the instance itself, so nobody needs waking for it."""
+    return (
+        w.new
+        or bool(w.children)
+        or w.parent_message is not None
+        or not w.keep_lease
+        or bool(w.new_waits)
+    )
+
+
 def _record(row: Any) -> InstanceRecord:
     return InstanceRecord(
         id=row.id,
@@ -182,7 +196,9 @@ class SqlProcessStore:
             for n, w in enumerate(writes):
                 if n not in results:
                     results[n] = self._write_one(conn, worker, w, now, lease_seconds)
-            if self.store.is_postgres and any(r.outcome == "ok" for r in results.values()):
+            if self.store.is_postgres and any(
+                results[n].outcome == "ok" and _concerns_others(w) for n, w in enumerate(writes)
+            ):
                 conn.execute(text(f"NOTIFY {PROCESSES_CHANNEL}"))
         return [results[n] for n in range(len(writes))]
 
