@@ -15,7 +15,9 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from charter.catalog import PROJECT_FILE, Project, load_project
+from charter.cli_dlq import dlq_app, replay
 from charter.cli_processes import process_app
+from charter.cli_sim import sim_app
 from charter.errors import CatalogError, CharterError
 
 if TYPE_CHECKING:
@@ -29,10 +31,11 @@ app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="Database schema: upgrade and status.", no_args_is_help=True)
-sim_app = typer.Typer(help="Simulated business systems for demos and tests.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
 app.add_typer(process_app, name="process")
+app.add_typer(dlq_app, name="dlq")
+app.command("replay")(replay)
 
 out = Console()
 err = Console(stderr=True)

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from charter import __version__
+from charter.api.deadletters import dead_letter_routes
 from charter.api.problems import install_problem_handlers
 from charter.api.processes import process_routes
 from charter.errors import NotFound
@@ -67,6 +68,7 @@ def create_app(
     )
     install_problem_handlers(app)
     app.include_router(process_routes(hub, on_ingest))
+    app.include_router(dead_letter_routes(hub, on_ingest))
     limits = hub.ingest.limits
 
     @app.post("/v1/systems/{system}/events", status_code=202, tags=["ingest"])

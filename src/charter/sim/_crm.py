@@ -3,13 +3,21 @@
 Batches are delivered as `charter.sim._push` describes: each with its own
 Idempotency-Key, retried with the same key and bytes until the hub acknowledges
 or refuses it for good, never dropped.
+
+``/admin/fault`` takes two faults of the CRM's own: ``paused`` holds pushing
+back, and ``schema_version`` switches the deal object new deals are made in
+(see `charter.sim._deals`). The targets' faults (outage, rates, latency,
+trickle, resets) strike its business endpoint, ``GET /deals/{id}``. Its fault
+answers list ``paused`` and only the faults that differ from the start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from charter.sim._deals import DealFactory, deal_closed_event, rfc3339_now
+from charter.sim._deals import SCHEMA_VERSIONS, DealFactory, deal_closed_event, rfc3339_now
+from charter.sim._faults import FAULT_OPTIONS, FaultInjector, Faults
 from charter.sim._http import (
     BodyError,
     JSONAnswer,
@@ -45,7 +54,24 @@ GENERATE_OPTIONS = {
     "rate_per_s": Option(lambda v: v is None or (is_number(v) and v > 0), "null or a number > 0"),
     "run": Option(lambda v: v is None or (isinstance(v, str) and v != ""), "a non-empty string"),
 }
-FAULT_OPTIONS = {"paused": Option(lambda v: isinstance(v, bool), "true or false")}
+
+
+@dataclass(frozen=True)
+class CrmFaults(Faults):
+    """The targets' faults plus whether pushing is paused and which deal object is sent."""
+
+    paused: bool = False
+    schema_version: int = 1
+
+
+CRM_FAULT_OPTIONS = {
+    **FAULT_OPTIONS,
+    "paused": Option(lambda v: isinstance(v, bool), "true or false"),
+    "schema_version": Option(
+        lambda v: is_integer(v) and v in SCHEMA_VERSIONS,
+        "1 (current deals) or 2 (adds 'channel' and the stage 'closed_won_partner')",
+    ),
+}
 
 
 @dataclass
@@ -65,6 +91,8 @@ class _Crm:
         timeout_s: float,
         retry_base_s: float,
         retry_max_s: float,
+        rng: random.Random,
+        clock: Callable[[], float],
     ) -> None:
         self._client = httpx.AsyncClient(transport=transport, timeout=timeout_s)
         self._factory = DealFactory(seed)
@@ -86,6 +114,11 @@ class _Crm:
             else None
         )
         self.counters = _Counters()
+        # Answers list `paused` and only the faults that are set, so that a paused CRM
+        # still answers {"paused": true} as it did before it took the targets' faults.
+        self.faults = FaultInjector(
+            "CRM", CrmFaults(), CRM_FAULT_OPTIONS, rng=rng, clock=clock, shown=("paused",)
+        )
 
     async def close(self) -> None:
         """Stop pushing and release the HTTP client; unacknowledged batches stay pending."""
@@ -124,10 +157,11 @@ class _Crm:
 
     def _new_batch(self, run: str, first: int, end: int) -> list[dict[str, Any]]:
         now = rfc3339_now()
+        version = self.faults.current.schema_version
         events = []
         for n in range(first + 1, end + 1):
             self._deal_count += 1
-            deal = self._factory.deal(self._deal_count, now)
+            deal = self._factory.deal(self._deal_count, now, version)
             self._deals[deal["id"]] = deal
             events.append(deal_closed_event(run, n, deal, now))
         self.counters.generated += len(events)
@@ -172,33 +206,21 @@ class _Crm:
         )
 
     async def get_deal(self, request: Request) -> Response:
-        deal = self._deals.get(request.path_params["id"])
-        if deal is None:
-            return problem(
-                404, "deal-not-found", "No such deal", f"no deal {request.path_params['id']!r}"
-            )
-        return JSONAnswer(deal)
+        number = request.path_params["id"]
 
-    def _faults(self) -> dict[str, bool]:
-        return {"paused": not self._resumed.is_set()}
+        def found() -> Response:
+            deal = self._deals.get(number)
+            if deal is None:
+                return problem(404, "deal-not-found", "No such deal", f"no deal {number!r}")
+            return JSONAnswer(deal)
 
-    async def get_fault(self, request: Request) -> Response:
-        return JSONAnswer(self._faults())
+        return await self.faults.answer(found)
 
-    async def set_fault(self, request: Request) -> Response:
-        try:
-            changes = parse_options(read_json(await request.body()), FAULT_OPTIONS)
-        except BodyError as exc:
-            return problem(422, "invalid-fault", "Invalid fault", str(exc))
-        if changes.get("paused") is True:
+    def faults_changed(self, faults: CrmFaults) -> None:
+        if faults.paused:
             self._resumed.clear()
-        elif changes.get("paused") is False:
+        else:
             self._resumed.set()
-        return JSONAnswer(self._faults())
-
-    async def clear_fault(self, request: Request) -> Response:
-        self._resumed.set()
-        return JSONAnswer(self._faults())
 
 
 def create_crm_app(
@@ -210,6 +232,8 @@ def create_crm_app(
     timeout_s: float = 10.0,
     retry_base_s: float = 0.1,
     retry_max_s: float = 2.0,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
     """Build a simulated CRM that pushes ``deal.closed`` CloudEvents to ``{hub_url}``.
 
@@ -217,8 +241,10 @@ def create_crm_app(
     ``{hub_url}/v1/systems/crm/events``, at most ``max_in_flight`` at a time
     across all runs, retried after ``retry_base_s`` doubling up to
     ``retry_max_s`` (or the hub's Retry-After). ``transport`` replaces the
-    network, for tests. Deals are the same for the same ``seed``. Runs are
-    cancelled at shutdown; what was not acknowledged by then is not resent.
+    network, for tests. Deals are the same for the same ``seed``; ``rng`` and
+    ``clock`` drive the error and reset rates and the rate-limit window of
+    ``GET /deals/{id}``. Runs are cancelled at shutdown; what was not
+    acknowledged by then is not resent.
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -230,6 +256,8 @@ def create_crm_app(
         timeout_s=timeout_s,
         retry_base_s=retry_base_s,
         retry_max_s=retry_max_s,
+        rng=rng or random.Random(seed),
+        clock=clock,
     )
 
     @asynccontextmanager
@@ -243,9 +271,7 @@ def create_crm_app(
         routes=[
             Route("/admin/generate", crm.generate, methods=["POST"]),
             Route("/admin/report", crm.report, methods=["GET"]),
-            Route("/admin/fault", crm.get_fault, methods=["GET"]),
-            Route("/admin/fault", crm.set_fault, methods=["POST"]),
-            Route("/admin/fault", crm.clear_fault, methods=["DELETE"]),
+            *crm.faults.routes(crm.faults_changed),
             Route("/deals/{id}", crm.get_deal, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},

@@ -27,7 +27,7 @@ def build_sim(name: str, *, hub_url: str | None = None, seed: int = 7) -> Starle
     if name == "erp":
         return create_erp_app(rng=random.Random(seed))
     if name == "noop":
-        return create_noop_app()
+        return create_noop_app(rng=random.Random(seed))
     if name == "payments":
         return create_payments_app(rng=random.Random(seed))
     if name == "portal":

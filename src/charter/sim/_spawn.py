@@ -1,4 +1,4 @@
-"""Run a simulator in a child process, for tests, demos and benchmarks."""
+"""Run a simulator or a TCP fault proxy in a child process, for tests, demos and benchmarks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self, TypeVar
 
 import httpx
 
@@ -29,21 +29,20 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
-class SimProcess:
-    """A simulator serving on ``url`` from a child process.
+class _Child:
+    """A child process serving HTTP admin endpoints on ``admin_url``, with its output kept
+    in a temporary file."""
 
-    Use it as a context manager or call `stop`: the child is not stopped for
-    you when the handle is dropped.
-    """
+    kind = "child"
 
-    def __init__(self, name: str, port: int, process: subprocess.Popen[bytes], log: IO[bytes]):
+    def __init__(
+        self, name: str, admin_url: str, process: subprocess.Popen[bytes], log: IO[bytes]
+    ) -> None:
         self.name = name
-        self.port = port
-        self.url = f"http://{HOST}:{port}"
         self._process = process
         self._log = log
         # Never through a proxy from the environment: the child is on this host.
-        self._client = httpx.Client(base_url=self.url, timeout=5.0, trust_env=False)
+        self._client = httpx.Client(base_url=admin_url, timeout=5.0, trust_env=False)
 
     @property
     def pid(self) -> int:
@@ -56,7 +55,7 @@ class SimProcess:
         return self._process.poll() is None
 
     def report(self) -> dict[str, Any]:
-        """The simulator's ``GET /admin/report`` counters."""
+        """The child's ``GET /admin/report`` counters."""
         return self._call("GET", "/admin/report")
 
     def fault(self, **changes: Any) -> dict[str, Any]:
@@ -106,8 +105,8 @@ class SimProcess:
         while time.monotonic() < deadline:
             if (code := self._process.poll()) is not None:
                 raise RuntimeError(
-                    f"simulator {self.name!r} exited with code {code} before answering on "
-                    f"{self.url}; its output ends with:\n{self.log_tail()}"
+                    f"{self.kind} {self.name!r} exited with code {code} before answering on "
+                    f"{self._client.base_url}; its output ends with:\n{self.log_tail()}"
                 )
             try:
                 self._client.get("/admin/report", timeout=1.0).raise_for_status()
@@ -115,11 +114,11 @@ class SimProcess:
             except httpx.HTTPError:
                 time.sleep(0.05)
         raise RuntimeError(
-            f"simulator {self.name!r} did not answer on {self.url} within {timeout_s:g} s; "
-            f"its output ends with:\n{self.log_tail()}"
+            f"{self.kind} {self.name!r} did not answer on {self._client.base_url} within "
+            f"{timeout_s:g} s; its output ends with:\n{self.log_tail()}"
         )
 
-    def __enter__(self) -> SimProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -130,8 +129,56 @@ class SimProcess:
     ) -> None:
         self.stop()
 
+
+class SimProcess(_Child):
+    """A simulator serving on ``url`` from a child process.
+
+    Use it as a context manager or call `stop`: the child is not stopped for
+    you when the handle is dropped.
+    """
+
+    kind = "simulator"
+
+    def __init__(self, name: str, port: int, process: subprocess.Popen[bytes], log: IO[bytes]):
+        self.port = port
+        self.url = f"http://{HOST}:{port}"
+        super().__init__(name, self.url, process, log)
+
     def __repr__(self) -> str:
         return f"<SimProcess {self.name} pid={self.pid} {self.url}>"
+
+
+class ProxyProcess(_Child):
+    """A TCP fault proxy (`charter.sim.proxy`) forwarding ``port`` to ``upstream`` from a
+    child process; its faults are at ``admin_url`` (``/faults``, ``/admin/fault``).
+
+    ``url`` is ``http://`` plus the listening address, for proxying an HTTP
+    server. Use it as a context manager or call `stop`.
+    """
+
+    kind = "proxy"
+
+    def __init__(
+        self,
+        port: int,
+        admin_port: int,
+        upstream: str,
+        process: subprocess.Popen[bytes],
+        log: IO[bytes],
+    ) -> None:
+        self.port = port
+        self.admin_port = admin_port
+        self.upstream = upstream
+        self.url = f"http://{HOST}:{port}"
+        self.admin_url = f"http://{HOST}:{admin_port}"
+        super().__init__(f"to {upstream}", self.admin_url, process, log)
+
+    def faults(self) -> dict[str, Any]:
+        """The faults in effect."""
+        return self._call("GET", "/faults")
+
+    def __repr__(self) -> str:
+        return f"<ProxyProcess pid={self.pid} {self.url} -> {self.upstream}>"
 
 
 def spawn(
@@ -152,10 +199,38 @@ def spawn(
         command += ["--hub", hub_url]
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    sim = SimProcess(name, port, process, log)
+    return _ready(SimProcess(name, port, process, log))
+
+
+def spawn_proxy(
+    upstream: str, *, port: int | None = None, admin_port: int | None = None
+) -> ProxyProcess:
+    """Start a TCP fault proxy to ``upstream`` (``HOST:PORT``, or an ``http://`` URL such as
+    a `SimProcess`'s) in a child process and return once its admin endpoint answers.
+
+    Picks free ports when none are given. Raises ValueError for a malformed
+    ``upstream``, and RuntimeError as `spawn` does.
+    """
+    address = upstream.removeprefix("http://").rstrip("/")
+    host, sep, upstream_port = address.rpartition(":")
+    if not sep or not host or not upstream_port.isdigit():
+        raise ValueError(f"upstream must be HOST:PORT or http://HOST:PORT, got {upstream!r}")
+    port = port or free_port()
+    admin_port = admin_port or free_port()
+    command = [sys.executable, "-m", "charter.sim.proxy", "--listen", f"{HOST}:{port}"]
+    command += ["--upstream", address, "--admin-port", str(admin_port)]
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    return _ready(ProxyProcess(port, admin_port, address, process, log))
+
+
+C = TypeVar("C", bound=_Child)
+
+
+def _ready(child: C) -> C:
     try:
-        sim._wait_until_ready(READY_TIMEOUT_S)
+        child._wait_until_ready(READY_TIMEOUT_S)
     except BaseException:
-        sim._kill()
+        child._kill()
         raise
-    return sim
+    return child

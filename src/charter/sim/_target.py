@@ -3,9 +3,10 @@ counters, injected faults and the ``/admin`` endpoints that show and steer them.
 
 A business write goes through `Target.idempotent`:
 
-    fault? -> answer it | no key? -> 400 | bad body? -> 400/422
+    fault? -> answer it (or reset the connection) | no key? -> 400 | bad body? -> 400/422
     -> hold the key's lock -> look the key up -> (injected latency) ->
        new key: apply, remember the outcome | same body: replay it | other body: 422
+    -> the answer's body trickled, when that fault is set
 
 A simulator supplies its state (created anew by a reset) and, per endpoint, a
 parser and an apply function; either may raise `Refused` for a business refusal,
@@ -224,8 +225,17 @@ class Target(Generic[S, F]):
 
         ``parse`` turns the decoded JSON body (None when there is none) into
         what ``apply`` takes; ``apply`` runs under the key's lock with the state,
-        the key and that value, and returns the outcome to remember.
+        the key and that value, and returns the outcome to remember. The answer
+        is trickled when the faults say so.
         """
+        return self.faults.shape(await self._idempotent(request, parse, apply))
+
+    async def _idempotent(
+        self,
+        request: Request,
+        parse: Callable[[Any], T],
+        apply: Callable[[S, str, T], Outcome],
+    ) -> Response:
         fault = self._admit()
         if fault is not None:
             await self.faults.delay()
@@ -290,7 +300,7 @@ class Target(Generic[S, F]):
                 self.ledger.rejected += 1
                 response = refused.answer()
         await self.faults.delay()
-        return response
+        return self.faults.shape(response)
 
     # -- admin endpoints (never faulted) ------------------------------------------------
 
@@ -302,24 +312,6 @@ class Target(Generic[S, F]):
     async def applied(self, request: Request) -> Response:
         return JSONAnswer(list(self.ledger.applies_per_key))
 
-    async def get_fault(self, request: Request) -> Response:
-        return JSONAnswer(self.faults.describe())
-
-    async def set_fault(self, request: Request) -> Response:
-        try:
-            faults = self.faults.change(read_json(await request.body()))
-        except BodyError as exc:
-            return problem(422, "invalid-fault", "Invalid fault", str(exc))
-        if self._on_fault_change is not None:
-            self._on_fault_change(faults)
-        return JSONAnswer(self.faults.describe())
-
-    async def clear_fault(self, request: Request) -> Response:
-        faults = self.faults.clear()
-        if self._on_fault_change is not None:
-            self._on_fault_change(faults)
-        return JSONAnswer(self.faults.describe())
-
     async def reset(self, request: Request) -> Response:
         self.ledger = Ledger(self._new_state())
         return await self.report(request)
@@ -329,9 +321,7 @@ class Target(Generic[S, F]):
         routes = [
             Route("/admin/report", self.report, methods=["GET"]),
             Route("/admin/applied", self.applied, methods=["GET"]),
-            Route("/admin/fault", self.get_fault, methods=["GET"]),
-            Route("/admin/fault", self.set_fault, methods=["POST"]),
-            Route("/admin/fault", self.clear_fault, methods=["DELETE"]),
+            *self.faults.routes(self._on_fault_change),
         ]
         if reset:
             routes.append(Route("/admin/reset", self.reset, methods=["POST"]))

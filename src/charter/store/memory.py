@@ -18,18 +18,30 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from charter.errors import StoreError
 from charter.store.protocol import (
     AttemptResult,
     ClaimedDelivery,
+    DeadLetterFilter,
+    DeliveryAction,
     DeliveryCounts,
     DeliveryStatus,
+    EventFilter,
     IdempotencyRecord,
     IngestBatch,
     IngestResult,
     NewEvent,
+    Operator,
     Outcome,
+    Rearm,
+    ReplayDelivery,
+    ReplayResult,
+    error_class,
 )
+
+REDRIVABLE = (DeliveryStatus.DEAD.value, DeliveryStatus.DISCARDED.value)
 
 
 class MemoryStore:
@@ -47,6 +59,8 @@ class MemoryStore:
         self._event_seq = itertools.count(1)
         self._delivery_seq = itertools.count(1)
         self._attempt_seq = itertools.count(1)
+        self._actions: list[dict[str, Any]] = []
+        self._action_seq = itertools.count(1)
 
     # ingest
 
@@ -282,6 +296,222 @@ class MemoryStore:
         with self._lock:
             row = self._events.get(event_id)
             return dict(row) if row is not None else None
+
+    # dead letters and replay
+
+    def _dead_at(self, row: dict[str, Any]) -> float:
+        tried = self._attempts.get(row["id"])
+        return float(max(a["started_at"] for a in tried) if tried else row["next_attempt_at"])
+
+    def _matches(self, row: dict[str, Any], where: DeadLetterFilter) -> bool:
+        owned = where.owned_by
+        return (
+            row["status"] == where.status.value
+            and (where.integration is None or row["integration"] == where.integration)
+            and (where.system is None or row["target"] == where.system)
+            and (
+                owned is None
+                or row["integration"] in owned.integrations
+                or row["target"] in owned.systems
+            )
+            and (
+                where.error_class is None
+                or error_class(row["last_status"], row["last_error"]) == where.error_class
+            )
+            and (where.dead_before is None or self._dead_at(row) < where.dead_before)
+        )
+
+    def list_dead_letters(self, where: DeadLetterFilter, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [
+                dict(row)
+                | {
+                    "error_class": error_class(row["last_status"], row["last_error"]),
+                    "dead_at": self._dead_at(row),
+                }
+                for row in self._deliveries.values()
+                if self._matches(row, where)
+            ]
+        for row in rows:
+            if row["error_class"] is not None:
+                row["error_class"] = row["error_class"].value
+        rows.sort(key=lambda row: row["id"], reverse=True)
+        return rows[:limit]
+
+    def delivery_actions(self, delivery_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            found = [dict(a) for a in self._actions if a["delivery_id"] == delivery_id]
+        for row in found:
+            row["details"] = orjson.loads(row["details"])
+        return found
+
+    def _record(
+        self,
+        delivery_id: int,
+        action: DeliveryAction,
+        who: Operator,
+        now: float,
+        details: dict[str, Any],
+        replay_id: str | None = None,
+    ) -> None:
+        self._actions.append(
+            {
+                "id": next(self._action_seq),
+                "delivery_id": delivery_id,
+                "replay_id": replay_id,
+                "action": action.value,
+                "by": who.by,
+                "reason": who.reason,
+                "at": now,
+                "details": orjson.dumps(details).decode(),
+            }
+        )
+
+    def _rearm(self, row: dict[str, Any], mapping: str, payload: str, key: str, now: float) -> None:
+        row.update(
+            status=DeliveryStatus.PENDING.value,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            delivered_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            mapping=mapping,
+            payload=payload,
+            idempotency_key=key,
+        )
+        self._pending.add(row["id"])
+
+    def redrive(self, rearms: list[Rearm], who: Operator) -> list[int]:
+        redriven: list[int] = []
+        with self._lock:
+            now = self._clock()
+            for rearm in rearms:
+                row = self._deliveries.get(rearm.delivery_id)
+                if row is None or row["status"] not in REDRIVABLE:
+                    continue
+                before = dict(row)
+                mapping = rearm.mapping or row["mapping"]
+                payload = rearm.payload if rearm.payload is not None else row["payload"]
+                key = rearm.idempotency_key or row["idempotency_key"]
+                if payload != row["payload"]:
+                    self._record(
+                        row["id"],
+                        DeliveryAction.EDIT,
+                        who,
+                        now,
+                        {
+                            "payload_before": orjson.loads(row["payload"]),
+                            "payload": orjson.loads(payload),
+                        },
+                    )
+                self._rearm(row, mapping, payload, key, now)
+                self._record(
+                    row["id"],
+                    DeliveryAction.REDRIVE,
+                    who,
+                    now,
+                    {
+                        "status_before": before["status"],
+                        "attempts_before": before["attempts"],
+                        "mapping_before": before["mapping"],
+                        "mapping": mapping,
+                        "key_before": before["idempotency_key"],
+                        "key": key,
+                    },
+                )
+                redriven.append(row["id"])
+        return redriven
+
+    def discard(self, delivery_id: int, who: Operator) -> bool:
+        with self._lock:
+            row = self._deliveries.get(delivery_id)
+            if row is None or row["status"] != DeliveryStatus.DEAD.value:
+                return False
+            row["status"] = DeliveryStatus.DISCARDED.value
+            self._record(delivery_id, DeliveryAction.DISCARD, who, self._clock(), {})
+            return True
+
+    def events_for_replay(
+        self, where: EventFilter, after_seq: int, limit: int
+    ) -> list[dict[str, Any]]:
+        quoted = orjson.dumps(where.key).decode() if where.key is not None else ""
+        with self._lock:
+            found = [
+                dict(e)
+                for e in self._events.values()
+                if e["seq"] > after_seq
+                and (where.since is None or e["received_at"] >= where.since)
+                and (where.until is None or e["received_at"] < where.until)
+                and (where.type is None or e["type"] == where.type)
+                and (where.system is None or e["system"] == where.system)
+                and (where.key is None or e["subject"] == where.key or quoted in e["data"])
+            ]
+        found.sort(key=lambda e: e["seq"])
+        return found[:limit]
+
+    def replay(self, replay_id: str, planned: list[ReplayDelivery], who: Operator) -> ReplayResult:
+        created = rearmed = pending = discarded = 0
+        with self._lock:
+            now = self._clock()
+            routes = {
+                (row["event_id"], row["integration"], row["target"]): row
+                for row in self._deliveries.values()
+            }
+            for d in planned:
+                row = routes.get((d.event_id, d.integration, d.target))
+                if row is None:
+                    delivery_id = next(self._delivery_seq)
+                    self._deliveries[delivery_id] = {
+                        "id": delivery_id,
+                        "event_id": d.event_id,
+                        "integration": d.integration,
+                        "target": d.target,
+                        "tier": d.tier,
+                        "status": DeliveryStatus.PENDING.value,
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "lease_owner": None,
+                        "lease_expires_at": None,
+                        "idempotency_key": d.idempotency_key,
+                        "mapping": d.mapping,
+                        "payload": d.payload,
+                        "created_at": now,
+                        "delivered_at": None,
+                        "last_status": None,
+                        "last_error": None,
+                    }
+                    routes[(d.event_id, d.integration, d.target)] = self._deliveries[delivery_id]
+                    self._pending.add(delivery_id)
+                    self._record(
+                        delivery_id,
+                        DeliveryAction.REPLAY,
+                        who,
+                        now,
+                        {"status_before": None, "mapping": d.mapping, "key": d.idempotency_key},
+                        replay_id,
+                    )
+                    created += 1
+                    continue
+                if row["status"] == DeliveryStatus.PENDING.value:
+                    pending += 1
+                    continue
+                if row["status"] == DeliveryStatus.DISCARDED.value:
+                    discarded += 1
+                    continue
+                same = (row["mapping"], row["payload"]) == (d.mapping, d.payload)
+                key = row["idempotency_key"] if same else d.changed_key
+                details = {
+                    "status_before": row["status"],
+                    "mapping_before": row["mapping"],
+                    "mapping": d.mapping,
+                    "key_before": row["idempotency_key"],
+                    "key": key,
+                }
+                self._rearm(row, d.mapping, d.payload, key, now)
+                self._record(row["id"], DeliveryAction.REPLAY, who, now, details, replay_id)
+                rearmed += 1
+        return ReplayResult(created=created, rearmed=rearmed, pending=pending, discarded=discarded)
 
     def close(self) -> None:
         """Nothing to release; the data stays readable."""
