@@ -16,7 +16,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from charter.catalog import PROJECT_FILE, Project, load_project
 from charter.cli_dlq import dlq_app, replay
+from charter.cli_governance import apply, history, impact, plan, rollback
 from charter.cli_processes import process_app
+from charter.cli_resilience import breakers, quota
 from charter.cli_sim import sim_app
 from charter.errors import CatalogError, CharterError
 
@@ -36,6 +38,10 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(process_app, name="process")
 app.add_typer(dlq_app, name="dlq")
 app.command("replay")(replay)
+app.command("quota")(quota)
+app.command("breakers")(breakers)
+for command in (plan, apply, history, rollback, impact):
+    app.command(command.__name__)(command)
 
 out = Console()
 err = Console(stderr=True)
@@ -111,7 +117,15 @@ def validate(project: ProjectOption = Path(".")) -> None:
     """Check the project folder; report every problem with file, line and fix."""
     loaded = _load(project)
     table = Table(title=f"Project {loaded.name} is valid", title_justify="left")
-    for column in ("integration", "owner", "tier", "timeliness", "source", "targets", "SLO"):
+    for column in (
+        "integration",
+        "owner",
+        "tier",
+        "timeliness",
+        "source",
+        "targets",
+        "SLO",
+    ):
         table.add_column(column)
     for i in loaded.integrations.values():
         table.add_row(
@@ -126,7 +140,15 @@ def validate(project: ProjectOption = Path(".")) -> None:
     out.print(table)
     if loaded.processes:
         processes = Table(title="processes", title_justify="left")
-        for column in ("process", "version", "owner", "tier", "steps", "triggers", "SLO"):
+        for column in (
+            "process",
+            "version",
+            "owner",
+            "tier",
+            "steps",
+            "triggers",
+            "SLO",
+        ):
             processes.add_column(column)
         for p in loaded.processes.values():
             triggers = [
@@ -164,6 +186,12 @@ def _open_hub(project: Path, database: str | None, migrate: bool = True) -> Hub:
         raise fail(str(exc)) from exc
 
 
+def _announce_catalog(hub: Hub) -> None:
+    line = hub.catalog.describe() if hub.catalog is not None else None
+    if line is not None:
+        err.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def up(
     project: ProjectOption = Path("."),
@@ -179,6 +207,7 @@ def up(
 
     hub = _open_hub(project, database)
     err.print(f"charter: project {hub.project.name} on http://{host}:{port} ({_where(hub.url)})")
+    _announce_catalog(hub)
     try:
         serve(
             hub,
@@ -204,6 +233,7 @@ def server(
 
     hub = _open_hub(project, database)
     err.print(f"charter server: project {hub.project.name} on http://{host}:{port}")
+    _announce_catalog(hub)
     try:
         serve(hub, host=host, port=port, with_worker=False)
     finally:
@@ -224,6 +254,7 @@ def worker(
 
     hub = _open_hub(project, database)
     err.print(f"charter worker: project {hub.project.name} ({_where(hub.url)})")
+    _announce_catalog(hub)
     try:
         run_worker(
             hub,
@@ -349,7 +380,8 @@ def demo(
 @sim_app.command("run")
 def sim_run(
     name: Annotated[
-        str, typer.Argument(help="crm, erp, payments, warehouse, portal, analytics or noop")
+        str,
+        typer.Argument(help="crm, erp, payments, warehouse, portal, analytics or noop"),
     ],
     host: HostOption = "127.0.0.1",
     port: PortOption = 8102,
@@ -376,7 +408,11 @@ def main() -> None:
     except SQLAlchemyError as exc:
         # Anything the store did not translate still gets one line, not a traceback.
         first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        err.print(f"[bold red]error:[/] database error: {first}", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] database error: {first}",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -13,13 +13,15 @@ import uvicorn
 import uvloop
 
 from charter.api import create_app
-from charter.delivery import DeliveryWorker, WorkerSettings, connectors_for
+from charter.delivery import DeliveryWorker, WorkerSettings, connectors_for, worker_id
+from charter.delivery.guard import resilience_for
 from charter.engine.runner import ProcessRunner, RunnerSettings
 from charter.engine.schedule import Scheduler
 from charter.errors import StoreError
 from charter.runtime import Hub
 from charter.store.notify import DELIVERIES_CHANNEL, listen
 from charter.store.processes import PROCESSES_CHANNEL
+from charter.store.resilience import ResilienceStore
 
 log = logging.getLogger("charter")
 
@@ -60,11 +62,23 @@ class Workers:
         runner_settings: RunnerSettings | None = None,
     ) -> None:
         self.hub = hub
-        self.delivery = DeliveryWorker(hub.router, hub.store, connectors_for(hub.project), settings)
+        name = worker_id()
+        resilience = resilience_for(
+            hub.project, ResilienceStore(hub.store.engine), name, shared_rows=hub.store.is_postgres
+        )
+        self.delivery = DeliveryWorker(
+            hub.router,
+            hub.store,
+            connectors_for(hub.project),
+            settings,
+            name=name,
+            resilience=resilience,
+        )
         self.runner = ProcessRunner(
             hub.processes.store,
             hub.processes.definitions,
-            connectors_for(hub.project),
+            # Process calls share each system's quota and breaker with the deliveries.
+            resilience.guard(connectors_for(hub.project)),
             hub.tasks,
             self.delivery.name,
             runner_settings,

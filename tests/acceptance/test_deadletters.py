@@ -251,6 +251,10 @@ def test_an_outage_dead_letters_after_the_retry_policy_and_a_bulk_redrive_delive
     tmp_path: Path, erp: SimProcess
 ) -> None:
     project = dead_letter_project(tmp_path / "project")
+    # With its breaker on, an outage parks deliveries without spending attempts; this test
+    # is about what happens when every attempt is spent, so the ERP's breaker is off.
+    erp_file = project / "systems" / "erp.yaml"
+    erp_file.write_text(erp_file.read_text() + "breaker: {enabled: false}\n")
     events = deals(40)
     with running_hub(project, erp) as hub:
         api = hub.client

@@ -17,6 +17,7 @@ from charter import __version__
 from charter.api.deadletters import dead_letter_routes
 from charter.api.problems import install_problem_handlers
 from charter.api.processes import process_routes
+from charter.api.resilience import resilience_routes
 from charter.errors import NotFound
 from charter.hub.parsing import check_size
 from charter.runtime import Hub
@@ -27,7 +28,10 @@ INGEST_THREADS = 128
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+        orjson.dumps(body),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
 
 
@@ -68,6 +72,7 @@ def create_app(
     )
     install_problem_handlers(app)
     app.include_router(process_routes(hub, on_ingest))
+    app.include_router(resilience_routes(hub))
     app.include_router(dead_letter_routes(hub, on_ingest))
     limits = hub.ingest.limits
 
@@ -135,7 +140,8 @@ def create_app(
         row = await run_in_threadpool(hub.store.get_delivery, delivery_id)
         if row is None:
             raise NotFound(
-                f"there is no delivery {delivery_id}", fix="list them with GET /v1/deliveries"
+                f"there is no delivery {delivery_id}",
+                fix="list them with GET /v1/deliveries",
             )
         attempts = await run_in_threadpool(hub.store.delivery_attempts, delivery_id)
         return _json(_delivery(row) | {"attempts_log": attempts})

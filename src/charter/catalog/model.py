@@ -85,6 +85,10 @@ class HttpConnector(_Doc):
     base_url: str
     timeout: Duration = 10.0
     connect_timeout: Duration = 3.0
+    # The whole call, trickled body included, ends within this (a retryable timeout).
+    deadline: Duration = 30.0
+    # A larger answer is an error (not retryable): the hub never buffers more.
+    max_response_bytes: int = Field(default=1024 * 1024, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("base_url")
@@ -94,14 +98,72 @@ class HttpConnector(_Doc):
             raise ValueError(f"base_url {value!r} must start with http:// or https://")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _positive_times(self) -> HttpConnector:
+        for name in ("timeout", "connect_timeout", "deadline"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be above 0, got {getattr(self, name)!r}")
+        return self
+
+
+# What each tier may always have of a busy budget, so that no tier starves.
+DEFAULT_SHARES: dict[Tier, float] = {
+    Tier.REVENUE_CRITICAL: 0.0,
+    Tier.OPERATIONAL: 0.1,
+    Tier.INFORMATIONAL: 0.05,
+}
+
 
 class Quota(_Doc):
-    """The API budget of a system, shared by every flow that calls it."""
+    """The API budget of a system, shared by every flow, process step and worker that calls it.
+
+    ``burst`` defaults to 2 % of a second's rate (at least one call), so that no
+    one-second window sees much more than ``rate_per_s``. ``shares`` are the
+    minimum shares per tier of a budget in demand; the rest goes by tier order.
+    """
 
     rate_per_s: float = Field(gt=0)
     burst: int | None = Field(default=None, gt=0)
     daily: int | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, gt=0)
+    shares: dict[Tier, float] = Field(default_factory=lambda: dict(DEFAULT_SHARES))
+
+    @field_validator("shares")
+    @classmethod
+    def _shares(cls, value: dict[Tier, float]) -> dict[Tier, float]:
+        for tier, share in value.items():
+            if not 0 <= share <= 1:
+                raise ValueError(f"the share of {tier.value} must be from 0 to 1, got {share!r}")
+        total = sum(value.values())
+        if total > 1:
+            raise ValueError(
+                f"the minimum shares add up to {total:g}, over the whole budget (1); lower them"
+            )
+        return {**DEFAULT_SHARES, **value}
+
+
+class Breaker(_Doc):
+    """The circuit breaker of a system (or of each of its endpoints with ``per_endpoint``).
+
+    It opens after ``failures`` consecutive failures, or when at least
+    ``error_rate`` of ``min_calls`` or more calls in ``window`` failed; after
+    ``open_for`` one probe goes through (half-open) and its success closes it.
+    """
+
+    enabled: bool = True
+    failures: int = Field(default=5, ge=1)
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    min_calls: int = Field(default=20, ge=1)
+    window: Duration = 10.0
+    open_for: Duration = 5.0
+    per_endpoint: bool = False
+
+    @model_validator(mode="after")
+    def _positive_times(self) -> Breaker:
+        for name in ("window", "open_for"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be above 0, got {getattr(self, name)!r}")
+        return self
 
 
 class EventType(_Doc):
@@ -123,6 +185,7 @@ class System(_Doc):
     description: str = ""
     connector: HttpConnector | None = None
     quota: Quota | None = None
+    breaker: Breaker = Field(default_factory=Breaker)
     events: dict[Annotated[str, Field(pattern=EVENT_TYPE_PATTERN)], EventType] = Field(
         default_factory=dict
     )

@@ -5,16 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from charter.catalog.model import Tier
+
 
 @dataclass(frozen=True)
 class TargetRequest:
-    """One call on a target: an action with a JSON body and the headers the hub adds."""
+    """One call on a target: an action with a JSON body and the headers the hub adds.
+
+    ``tier`` and ``flow`` (the integration or process making the call) are not
+    sent: quota middleware serves callers by tier and counts use per flow.
+    """
 
     method: str
     path: str
     body: bytes
     idempotency_key: str
     headers: dict[str, str] = field(default_factory=dict)
+    tier: Tier = Tier.OPERATIONAL
+    flow: str = ""
 
 
 @dataclass(frozen=True)

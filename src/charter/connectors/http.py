@@ -1,5 +1,9 @@
 """The HTTP connector: JSON over HTTP/1.1 with an ``Idempotency-Key`` header (aiohttp).
 
+Every call ends within the system's ``deadline`` (connect, send, headers and
+the whole body, however slowly it trickles) on top of the connect and read
+timeouts, and an answer over ``max_response_bytes`` is refused, not buffered.
+
 aiohttp's client is used rather than httpx because it sustains about 25 times
 the request rate on many concurrent keep-alive connections (see
 docs/performance.md), and a worker's throughput is bounded by it.
@@ -18,6 +22,7 @@ from charter.connectors.base import TargetRequest, TargetResponse
 from charter.errors import ConnectorError, RateLimited, TargetRejected, TargetUnavailable
 
 MAX_ERROR_BODY = 500
+# The default of the ``max_response_bytes`` setting.
 MAX_RESPONSE_BYTES = 1024 * 1024
 
 # How aiohttp failures read to the delivery layer; the first match wins.
@@ -71,8 +76,9 @@ class HttpConnector:
             self._session = aiohttp.ClientSession(
                 base_url=self.settings.base_url + "/",
                 headers={"content-type": "application/json", **self.settings.headers},
+                # The deadline bounds the whole call (asyncio.timeout in `call`).
                 timeout=aiohttp.ClientTimeout(
-                    total=self.settings.timeout + self.settings.connect_timeout,
+                    total=None,
                     connect=self.settings.connect_timeout,
                     sock_read=self.settings.timeout,
                 ),
@@ -85,22 +91,25 @@ class HttpConnector:
     async def call(self, request: TargetRequest) -> TargetResponse:
         headers = {"idempotency-key": request.idempotency_key, **request.headers}
         session = self._open()
+        deadline = self.settings.deadline
         try:
-            async with session.request(
-                request.method, request.path.lstrip("/"), data=request.body, headers=headers
-            ) as response:
-                status = response.status
-                body = await response.content.read(MAX_RESPONSE_BYTES)
-                retry_after = response.headers.get("retry-after")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            for kind, error_class in _TRANSPORT_ERRORS:
-                if isinstance(exc, kind):
-                    raise TargetUnavailable(
-                        f"{self.system}: {error_class.replace('_', ' ')} calling "
-                        f"{request.method} {request.path}: {exc!r}",
-                        error_class=error_class,
-                    ) from exc
-            raise ConnectorError(f"{self.system}: {exc!r}", error_class="http_error") from exc
+            async with asyncio.timeout(deadline):
+                async with session.request(
+                    request.method, request.path.lstrip("/"), data=request.body, headers=headers
+                ) as response:
+                    status = response.status
+                    retry_after = response.headers.get("retry-after")
+                    body = await self._read(response, request)
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                raise self._transport_error(exc, request) from exc
+            raise TargetUnavailable(
+                f"{self.system}: deadline of {deadline:g} s passed (timeout) calling "
+                f"{request.method} {request.path}",
+                error_class="deadline",
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise self._transport_error(exc, request) from exc
         if 200 <= status < 300:
             return TargetResponse(status, body)
         where = f"{self.system} answered {status} to {request.method} {request.path}"
@@ -110,6 +119,36 @@ class HttpConnector:
         if status >= 500 or status == 408:
             raise TargetUnavailable(detail, status_code=status, error_class=f"http_{status}")
         raise TargetRejected(detail, status_code=status, error_class=f"http_{status}")
+
+    async def _read(self, response: aiohttp.ClientResponse, request: TargetRequest) -> bytes:
+        """The body, refused past ``max_response_bytes`` (before reading it when the length
+        is announced)."""
+        cap = self.settings.max_response_bytes
+        if response.content_length is not None and response.content_length > cap:
+            raise self._too_large(response.content_length, request)
+        body = await response.content.read(cap + 1)
+        if len(body) > cap:
+            raise self._too_large(None, request)
+        return body
+
+    def _too_large(self, length: int | None, request: TargetRequest) -> ConnectorError:
+        size = f"{length:,} bytes" if length is not None else "more"
+        return ConnectorError(
+            f"{self.system} answered {size} to {request.method} {request.path}, over "
+            f"max_response_bytes ({self.settings.max_response_bytes:,})",
+            error_class="response_too_large",
+            fix=f"raise max_response_bytes of {self.system}'s connector if that answer is expected",
+        )
+
+    def _transport_error(self, exc: BaseException, request: TargetRequest) -> ConnectorError:
+        for kind, error_class in _TRANSPORT_ERRORS:
+            if isinstance(exc, kind):
+                return TargetUnavailable(
+                    f"{self.system}: {error_class.replace('_', ' ')} calling "
+                    f"{request.method} {request.path}: {exc!r}",
+                    error_class=error_class,
+                )
+        return ConnectorError(f"{self.system}: {exc!r}", error_class="http_error")
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -3,6 +3,11 @@
 Claims are leased; results are recorded in batches. A worker that stops
 finishes what it has in flight (up to a grace period) and releases the rest,
 so nothing waits for a lease to expire after a clean shutdown.
+
+With a :class:`~charter.delivery.guard.Resilience`, every call goes through
+its system's circuit breaker and quota budget (by the integration's tier); a
+call they hold back (:class:`~charter.delivery.guard.Deferred`) is put back
+until the time they name, without counting an attempt.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import orjson
 
 from charter.catalog import Integration, Project, RetryPolicy
 from charter.connectors import Connector, HttpConnector, TargetRequest
+from charter.delivery.guard import Deferred, Resilience
 from charter.delivery.retry import decide
 from charter.errors import CharterError, ConnectorError, MappingError, NotFound
 from charter.hub.routing import Router
@@ -39,6 +45,11 @@ class WorkerSettings:
     max_idle: float = 2.0
     flush_interval: float = 0.01
     grace_seconds: float = 10.0
+    # Bulkhead: the share of the slots one target system's calls may hold, so that a target
+    # that hangs cannot take every slot from the others (with a Resilience only).
+    target_share: float = 0.75
+    # How long a delivery over its target's share goes back before it is claimed again.
+    bulkhead_wait: float = 0.2
 
 
 def worker_id() -> str:
@@ -66,19 +77,25 @@ class DeliveryWorker:
         *,
         name: str | None = None,
         rng: random.Random | None = None,
+        resilience: Resilience | None = None,
     ) -> None:
         self.router = router
         self.store = store
-        self.connectors = connectors
+        self.resilience = resilience
+        self.connectors = resilience.guard(connectors) if resilience else connectors
         self.settings = settings or WorkerSettings()
         self.name = name or worker_id()
         self.rng = rng or random.Random()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._results: list[AttemptResult] = []
+        # Deliveries put back without an attempt: (id, due again at).
+        self._deferred: list[tuple[int, float]] = []
+        self.deferred = 0
         self._recorded = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self._target_limit = max(1, int(self.settings.concurrency * self.settings.target_share))
         self.delivered = 0
         # Set when something (an in-process ingest, a LISTEN) calls wake() on new work.
         self.listening = False
@@ -94,6 +111,9 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         recorder = asyncio.create_task(self._record_loop())
+        reporter = (
+            asyncio.create_task(self.resilience.run(self._stopping)) if self.resilience else None
+        )
         try:
             await self._claim_loop()
         finally:
@@ -101,6 +121,8 @@ class DeliveryWorker:
             self.stop()
             await recorder
             await self._flush()
+            if reporter is not None:
+                await reporter
             released = await asyncio.to_thread(self.store.release_leases, self.name)
             if released:
                 log.info("released %d leases on shutdown", released)
@@ -123,11 +145,26 @@ class DeliveryWorker:
                 self.settings.lease_seconds,
             )
             for delivery in claimed:
+                if self._over_share(delivery):
+                    continue
                 task = asyncio.create_task(self._deliver(delivery))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
             if not claimed:
                 await self._idle()
+
+    def _over_share(self, delivery: ClaimedDelivery) -> bool:
+        """Put ``delivery`` back for a moment if its target already holds its share of slots."""
+        if self.resilience is None or self.resilience.store is None:
+            return False
+        # Calls waiting for quota do not count: a flood of low-tier calls waiting for
+        # tokens must not keep higher tiers to the same target from being claimed.
+        if self.resilience.on_wire.get(delivery.target, 0) < self._target_limit:
+            return False
+        self.deferred += 1
+        self._deferred.append((delivery.id, time.time() + self.settings.bulkhead_wait))
+        self._recorded.set()
+        return True
 
     async def _idle(self) -> None:
         """Wait for a wake-up, the next due delivery or the idle ceiling, whichever is first."""
@@ -167,10 +204,24 @@ class DeliveryWorker:
         self._recorded.set()
 
     async def _flush(self) -> None:
+        if self._deferred and self.resilience is not None:
+            deferred, self._deferred = self._deferred, []
+            await asyncio.to_thread(self.resilience.defer, self.name, deferred)
         if not self._results:
             return
         results, self._results = self._results, []
         await asyncio.to_thread(self.store.record_attempts, self.name, results)
+
+    async def _defer(self, delivery: ClaimedDelivery, until: float) -> None:
+        """Put ``delivery`` back until ``until`` without an attempt."""
+        self.deferred += 1
+        if self.resilience is not None and self.resilience.store is not None:
+            self._deferred.append((delivery.id, until))
+            self._recorded.set()
+            return
+        # No database to put it back in (the in-memory store): wait here, then release it.
+        await asyncio.sleep(max(0.0, min(until - time.time(), self.settings.lease_seconds / 2)))
+        self._result(AttemptResult(delivery.id, Outcome.RELEASED, time.time(), 0.0))
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
         async with self._slots:
@@ -189,6 +240,9 @@ class DeliveryWorker:
                     AttemptResult(delivery.id, Outcome.RELEASED, started, 0.0, error="stopped")
                 )
                 raise
+            except Deferred as exc:
+                await self._defer(delivery, exc.until)
+                return
             except ConnectorError as exc:
                 error, status_code = exc, exc.status_code
             except (MappingError, NotFound) as exc:
@@ -242,6 +296,8 @@ class DeliveryWorker:
                 "x-charter-event-id": delivery.event_id,
                 "x-charter-integration": delivery.integration,
             },
+            tier=integration.tier,
+            flow=integration.name,
         )
 
     async def aclose(self) -> None:

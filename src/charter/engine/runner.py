@@ -19,7 +19,9 @@ from typing import Any
 
 import orjson
 
+from charter.catalog.model import Tier
 from charter.connectors import Connector, TargetRequest
+from charter.delivery.guard import Deferred
 from charter.engine import machine
 from charter.engine.definition import Definition
 from charter.engine.messages import (
@@ -52,6 +54,9 @@ from charter.store.processes import (
 )
 
 log = logging.getLogger("charter.engine")
+
+# The longest a call held back by quota or breaker waits before it asks again.
+MAX_DEFER_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -320,7 +325,7 @@ class ProcessRunner:
     async def _effect(self, instance: str, command: Command, token: tuple[str, int, bool]) -> None:
         assert isinstance(command, Call | RunTask)
         try:
-            output = await self._perform(instance, command)
+            output = await self._perform_when_admitted(instance, command)
             result: Event = StepSucceeded(
                 command.step, command.attempt, output, time.time(), command.compensation
             )
@@ -347,17 +352,35 @@ class ProcessRunner:
             self._results.append((instance, token, result))
             self._wake.set()
 
+    async def _perform_when_admitted(self, instance: str, command: Call | RunTask) -> Any:
+        """`_perform`, waiting out the system's quota or open breaker: a call that was held
+        back never went out, so it costs the step no attempt."""
+        while True:
+            try:
+                return await self._perform(instance, command)
+            except Deferred as held:
+                wait = min(max(held.until - time.time(), 0.05), MAX_DEFER_S)
+                log.debug("%s step %s held back %.2fs: %s", instance, command.step, wait, held)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), wait)
+                except TimeoutError:
+                    continue
+                raise
+
     async def _perform(self, instance: str, command: Call | RunTask) -> Any:
         if isinstance(command, Call):
             connector = self.connectors.get(command.system)
             if connector is None:
                 raise ValueError(f"system {command.system!r} has no connector")
+            held = self._held.get(instance)
             request = TargetRequest(
                 method=command.method,
                 path=command.path,
                 body=orjson.dumps(command.body) if command.body is not None else b"",
                 idempotency_key=command.idempotency_key,
                 headers={"x-charter-instance-id": instance, "x-charter-step": command.step},
+                tier=held.definition.spec.tier if held is not None else Tier.OPERATIONAL,
+                flow=f"process:{held.record.process}" if held is not None else "process",
             )
             call = connector.call(request)
             response = await (asyncio.wait_for(call, command.timeout) if command.timeout else call)

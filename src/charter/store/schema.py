@@ -167,3 +167,34 @@ event_keys = Table(
     Column("event_id", String(36), primary_key=True),
     Column("received_at", Float, nullable=False),
 )
+
+# What operators did to deliveries: redrives, discards, edits, replays (migration 0004).
+delivery_actions = Table(
+    "delivery_actions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id),
+    Column("replay_id", String(36)),
+    Column("action", String(16), nullable=False),
+    Column("by", String(100), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("details", Text, nullable=False),
+    Index("ix_delivery_actions_delivery_id", "delivery_id"),
+)
+
+# Applied versions of the project catalog, whole (migration 0006).
+catalog_versions = Table(
+    "catalog_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("digest", String(80), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("based_on", Integer),
+    Column("applied_at", Float, nullable=False),
+    Column("applied_by", String(100), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("changes", Text, nullable=False),
+    Column("snapshot", Text, nullable=False),
+)

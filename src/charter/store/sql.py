@@ -16,15 +16,10 @@ from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import (
-    Column,
     ColumnElement,
     Connection,
     Engine,
-    Float,
-    Index,
     String,
-    Table,
-    Text,
     bindparam,
     case,
     create_engine,
@@ -61,22 +56,12 @@ from charter.store.protocol import (
     ReplayDelivery,
     ReplayResult,
 )
-from charter.store.schema import Id, attempts, deliveries, events, idempotency_keys, metadata
-
-# What operators did to deliveries (migration 0004). Declared here, next to the only
-# code that uses it, until it moves to ``schema`` with the other tables.
-delivery_actions = Table(
-    "delivery_actions",
-    metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    Column("delivery_id", Id),
-    Column("replay_id", String(36)),
-    Column("action", String(16), nullable=False),
-    Column("by", String(100), nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("at", Float, nullable=False),
-    Column("details", Text, nullable=False),
-    Index("ix_delivery_actions_delivery_id", "delivery_id"),
+from charter.store.schema import (
+    attempts,
+    deliveries,
+    delivery_actions,
+    events,
+    idempotency_keys,
 )
 
 # Rows per statement when a replay or a bulk redrive writes many deliveries.
@@ -346,7 +331,8 @@ class SqlStore:
                     deliveries.c.status == DeliveryStatus.PENDING.value,
                     deliveries.c.next_attempt_at <= now,
                     or_(
-                        deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at < now
+                        deliveries.c.lease_expires_at.is_(None),
+                        deliveries.c.lease_expires_at < now,
                     ),
                 )
                 .order_by(deliveries.c.tier, deliveries.c.next_attempt_at)
@@ -403,7 +389,10 @@ class SqlStore:
             if released:
                 conn.execute(
                     update(deliveries)
-                    .where(deliveries.c.id.in_(released), deliveries.c.lease_owner == worker)
+                    .where(
+                        deliveries.c.id.in_(released),
+                        deliveries.c.lease_owner == worker,
+                    )
                     .values(lease_owner=None, lease_expires_at=None)
                 )
             if not done:
@@ -518,7 +507,10 @@ class SqlStore:
             return [float(v) for v in values]
 
     def list_deliveries(
-        self, status: DeliveryStatus | None = None, integration: str | None = None, limit: int = 100
+        self,
+        status: DeliveryStatus | None = None,
+        integration: str | None = None,
+        limit: int = 100,
     ) -> list[dict[str, Any]]:
         query = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit)
         if status is not None:
@@ -600,7 +592,10 @@ class SqlStore:
                 chunk = {r.delivery_id: r for r in rearms[start : start + CHUNK]}
                 rows = conn.execute(
                     select(deliveries)
-                    .where(deliveries.c.id.in_(list(chunk)), deliveries.c.status.in_(REDRIVABLE))
+                    .where(
+                        deliveries.c.id.in_(list(chunk)),
+                        deliveries.c.status.in_(REDRIVABLE),
+                    )
                     .with_for_update()
                 ).all()
                 updates: list[dict[str, Any]] = []
@@ -611,7 +606,12 @@ class SqlStore:
                     payload = rearm.payload if rearm.payload is not None else row.payload
                     key = rearm.idempotency_key or row.idempotency_key
                     updates.append(
-                        {"b_id": row.id, "b_mapping": mapping, "b_payload": payload, "b_key": key}
+                        {
+                            "b_id": row.id,
+                            "b_mapping": mapping,
+                            "b_payload": payload,
+                            "b_key": key,
+                        }
                     )
                     if payload != row.payload:
                         actions.append(
@@ -706,7 +706,10 @@ class SqlStore:
         if where.key is not None:
             quoted = orjson.dumps(where.key).decode()
             query = query.where(
-                or_(events.c.subject == where.key, events.c.data.contains(quoted, autoescape=True))
+                or_(
+                    events.c.subject == where.key,
+                    events.c.data.contains(quoted, autoescape=True),
+                )
             )
         with self.engine.connect() as conn:
             return [_row(r._mapping) for r in conn.execute(query)]
@@ -802,7 +805,11 @@ class SqlStore:
                             DeliveryAction.REPLAY,
                             who,
                             now,
-                            {"status_before": None, "mapping": d.mapping, "key": d.idempotency_key},
+                            {
+                                "status_before": None,
+                                "mapping": d.mapping,
+                                "key": d.idempotency_key,
+                            },
                             replay_id,
                         )
                         for ident, d in zip(ids, new, strict=True)

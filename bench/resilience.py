@@ -1,0 +1,243 @@
+"""Delivery throughput with the quota and circuit breaker middleware on and off, in one run.
+
+``charter up`` runs in a child process on the starter project, on a fresh
+database each time, delivering ``deal.closed`` events to the no-op target
+simulator. Two variants of the ERP system (the one target) alternate within
+each run:
+
+- **on**: the ERP declares a quota that never limits (100,000 calls/s, burst
+  2,000, concurrency 64) and keeps its default circuit breaker, so every
+  delivery takes a token from the shared bucket (leased in batches), holds a
+  concurrency slot and feeds the breaker;
+- **off**: no quota and ``breaker: {enabled: false}``: the middleware passes
+  calls straight through.
+
+Figures per database: ``on_eps`` and ``off_eps`` (events/s from the first
+batch posted until ``GET /v1/stats`` shows every delivery done, batches of
+100 events over 4 connections) and ``overhead_pct`` = (1 - on / off) x 100,
+whose target is at most 10 %. On PostgreSQL ``charter up`` uses the shared
+rows (``SELECT ... FOR UPDATE`` per lease), as ``charter worker`` processes do.
+
+Usage::
+
+    python bench/resilience.py [--quick] [--db sqlite|postgresql|both] [--events N] [--runs R]
+
+Progress goes to stderr; stdout carries one table per database and, as its
+last line, one JSON object: ``{"quick", "runs", "events", "targets",
+"sqlite": {figure: median, ..., "met": {...}, "runs": [...]}, "postgresql":
+{...}}``. The exit code is 0 when the run completed, target met or not, and 1
+when it could not complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from _harness import (
+    KINDS,
+    RUN_FAILURES,
+    BenchFailed,
+    Target,
+    check_postgres,
+    copy_starter,
+    err,
+    fresh_database,
+    out,
+    positive,
+    progress,
+    run_async,
+)
+from _load import build_request, run_load
+from charter.processes import HubProcess
+from charter.sim import SimProcess, spawn
+
+BATCH = 100
+CONNECTIONS = 4
+STALL_TIMEOUT_S = 60.0
+QUICK_EVENTS = 2_000
+FULL_EVENTS = 10_000
+QUICK_RUNS = 2
+FULL_RUNS = 3
+
+VARIANTS = {
+    "on": "quota: {rate_per_s: 100000, burst: 2000, concurrency: 64}\n",
+    "off": "breaker: {enabled: false}\n",
+}
+TARGETS = [Target("overhead_pct", False, 10.0)]
+FIGURES = [
+    ("on_eps", "delivered, quota + breaker on", "events/s", 0),
+    ("off_eps", "delivered, middleware off", "events/s", 0),
+    ("overhead_pct", "overhead (1 - on/off)", "%", 1),
+]
+
+
+def project_variant(folder: Path, variant: str) -> Path:
+    project = copy_starter(folder / f"project-{variant}")
+    erp = project / "systems" / "erp.yaml"
+    text = erp.read_text()
+    erp.write_text(text[: text.index("quota:")] + VARIANTS[variant])
+    return project
+
+
+def deal_bodies(run: str, count: int) -> list[bytes]:
+    import orjson
+
+    def deal(n: int) -> dict[str, Any]:
+        return {
+            "specversion": "1.0",
+            "id": f"res-{run}-{n}",
+            "source": "crm.bench",
+            "type": "deal.closed",
+            "data": {
+                "id": f"D-{n:06d}",
+                "account": {"id": f"A-{n % 500:05d}", "name": "Account"},
+                "amount": 100.0,
+                "currency": "EUR",
+                "stage": "closed_won",
+            },
+        }
+
+    return [
+        orjson.dumps([deal(n) for n in range(start, min(start + BATCH, count))])
+        for start in range(0, count, BATCH)
+    ]
+
+
+def delivered_eps(project: Path, url: str, noop: SimProcess, events: int, run: str) -> float:
+    hub = HubProcess(project, database=url, env={"CHARTER_ERP_URL": noop.url}).start()
+    try:
+        headers = {"content-type": "application/cloudevents-batch+json"}
+        requests = [
+            build_request("POST", "127.0.0.1", hub.port, "/v1/systems/crm/events", body, headers)
+            for body in deal_bodies(run, events)
+        ]
+        started = time.perf_counter()
+        result = run_async(run_load("127.0.0.1", hub.port, requests, connections=CONNECTIONS))
+        refused = {s: n for s, n in result.statuses.items() if s != 202}
+        if refused:
+            raise BenchFailed(f"the hub refused requests {refused}: {result.failures}")
+        moved, last = time.monotonic(), -1
+        while True:
+            counts = hub.stats()["deliveries"]
+            done = time.perf_counter()
+            if counts["dead"]:
+                raise BenchFailed(f"{counts['dead']} deliveries went dead")
+            if counts["pending"] == 0 and counts["delivered"] == events:
+                break
+            if counts["delivered"] != last:
+                last, moved = counts["delivered"], time.monotonic()
+            elif time.monotonic() - moved > STALL_TIMEOUT_S:
+                raise BenchFailed(f"deliveries stalled at {counts}\n{hub.log_tail()}")
+            time.sleep(0.02)
+        return events / (done - started)
+    except BaseException:
+        err.print(hub.log_tail())
+        raise
+    finally:
+        hub.close()
+
+
+def measure(
+    kind: str, folder: Path, projects: dict[str, Path], noop: SimProcess, events: int, n: int
+) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    # Alternate which variant goes first, so that drift over the run favours neither.
+    order = ("on", "off") if n % 2 else ("off", "on")
+    for variant in order:
+        progress(f"[bold]{kind}[/]: {events:,} events, middleware {variant}")
+        with fresh_database(kind, folder) as url:
+            figures[f"{variant}_eps"] = delivered_eps(
+                projects[variant], url, noop, events, f"{kind}-{variant}-{n}"
+            )
+    figures["overhead_pct"] = (1 - figures["on_eps"] / figures["off_eps"]) * 100
+    return figures
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
+    medians = {key: statistics.median(run[key] for run in runs) for key, *_ in FIGURES}
+    # The overhead of the medians, not the median of the overheads: one figure each.
+    medians["overhead_pct"] = (1 - medians["on_eps"] / medians["off_eps"]) * 100
+    met = {t.key: t.met(medians[t.key]) for t in TARGETS}
+    rounded = [{k: round(v, 3) for k, v in run.items()} for run in runs]
+    return {k: round(v, 3) for k, v in medians.items()} | {"met": met, "runs": rounded}
+
+
+def table(kind: str, summary: dict[str, Any], runs: int) -> Table:
+    grid = Table(
+        title=f"Resilience middleware on {kind} (median of {runs} runs)", title_justify="left"
+    )
+    for column in ("figure", "value", "unit", "min .. max", "target", "met"):
+        grid.add_column(column, justify="right" if column in ("value", "min .. max") else "left")
+    targets = {t.key: t for t in TARGETS}
+    for key, label, unit, digits in FIGURES:
+        values = [run[key] for run in summary["runs"]]
+        target = targets.get(key)
+        grid.add_row(
+            label,
+            f"{summary[key]:,.{digits}f}",
+            unit,
+            f"{min(values):,.{digits}f} .. {max(values):,.{digits}f}",
+            str(target) if target else "",
+            ("[green]yes[/]" if summary["met"][key] else "[red]no[/]") if target else "",
+        )
+    return grid
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes; under a minute")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--events", type=positive, help="events per measurement")
+    parser.add_argument("--runs", type=positive, help="repeat and report medians")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
+    runs = args.runs or (QUICK_RUNS if args.quick else FULL_RUNS)
+    kinds = KINDS if args.db == "both" else (args.db,)
+    if "postgresql" in kinds and (problem := check_postgres()) is not None:
+        err.print(f"[red]bench failed:[/] {problem}")
+        return 1
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="charter-bench-") as temp:
+            folder = Path(temp)
+            projects = {variant: project_variant(folder, variant) for variant in VARIANTS}
+            with spawn("noop") as noop:
+                for number in range(1, runs + 1):
+                    progress(f"run {number} of {runs}")
+                    for kind in kinds:
+                        results[kind].append(measure(kind, folder, projects, noop, events, number))
+    except RUN_FAILURES as exc:
+        err.print(f"[red]bench failed:[/] {exc}")
+        return 1
+    summaries = {kind: summarise(kind_runs) for kind, kind_runs in results.items()}
+    for kind, summary in summaries.items():
+        out.print(table(kind, summary, runs))
+    err.print(f"took {time.monotonic() - started:.1f} s")
+    report = {
+        "quick": args.quick,
+        "runs": runs,
+        "events": events,
+        "targets": {t.key: {"target": str(t), "kinds": list(t.kinds)} for t in TARGETS},
+        **summaries,
+    }
+    sys.stdout.flush()
+    print(json.dumps(report, ensure_ascii=False), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
