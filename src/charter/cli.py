@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from charter.catalog import PROJECT_FILE, Project, load_project
 from charter.cli_dlq import dlq_app, replay
 from charter.cli_governance import apply, history, impact, plan, rollback
+from charter.cli_ownership import drift, notices, ownership, quarantine_app
 from charter.cli_processes import process_app
 from charter.cli_resilience import breakers, quota
 from charter.cli_sim import sim_app
@@ -37,6 +38,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
 app.add_typer(process_app, name="process")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(quarantine_app, name="quarantine")
+app.command("ownership")(ownership)
+app.command("drift")(drift)
+app.command("notices")(notices)
 app.command("replay")(replay)
 app.command("quota")(quota)
 app.command("breakers")(breakers)
@@ -117,15 +122,7 @@ def validate(project: ProjectOption = Path(".")) -> None:
     """Check the project folder; report every problem with file, line and fix."""
     loaded = _load(project)
     table = Table(title=f"Project {loaded.name} is valid", title_justify="left")
-    for column in (
-        "integration",
-        "owner",
-        "tier",
-        "timeliness",
-        "source",
-        "targets",
-        "SLO",
-    ):
+    for column in ("integration", "owner", "tier", "timeliness", "source", "targets", "SLO"):
         table.add_column(column)
     for i in loaded.integrations.values():
         table.add_row(
@@ -140,15 +137,7 @@ def validate(project: ProjectOption = Path(".")) -> None:
     out.print(table)
     if loaded.processes:
         processes = Table(title="processes", title_justify="left")
-        for column in (
-            "process",
-            "version",
-            "owner",
-            "tier",
-            "steps",
-            "triggers",
-            "SLO",
-        ):
+        for column in ("process", "version", "owner", "tier", "steps", "triggers", "SLO"):
             processes.add_column(column)
         for p in loaded.processes.values():
             triggers = [
@@ -380,8 +369,7 @@ def demo(
 @sim_app.command("run")
 def sim_run(
     name: Annotated[
-        str,
-        typer.Argument(help="crm, erp, payments, warehouse, portal, analytics or noop"),
+        str, typer.Argument(help="crm, erp, payments, warehouse, portal, analytics or noop")
     ],
     host: HostOption = "127.0.0.1",
     port: PortOption = 8102,
@@ -408,11 +396,7 @@ def main() -> None:
     except SQLAlchemyError as exc:
         # Anything the store did not translate still gets one line, not a traceback.
         first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        err.print(
-            f"[bold red]error:[/] database error: {first}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        err.print(f"[bold red]error:[/] database error: {first}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -33,14 +33,22 @@ SETTLE_S = 60.0
 # mapped and its delivery always fails, as a poison event does.
 POISON_VALUES = "  status: {from: status, values: {open: open}}\n"
 FIXED_VALUES = "  status: {from: status, values: {open: open, cancelled: cancelled}}\n"
+STARTER_STATUS = "  status: {from: status, default: open}\n"
+STARTER_OWNER = "status: {system_of_record: erp, policy: ignore}"
+CRM_OWNS_STATUS = "status: {system_of_record: crm}"
 FAST_RETRY = "retry:\n  max_attempts: 3\n  initial_backoff: 50ms\n  max_backoff: 100ms\n"
 
 
 def dead_letter_project(directory: Path) -> Path:
-    """The starter project with a poison pick-list in order-to-erp@1 and quick retries."""
+    """The starter project with a poison pick-list in order-to-erp@1 and quick retries; the CRM
+    owns order.status here, so a lost deal's status reaches the ERP mapping."""
     project = copy_starter(directory)
+    entity = project / "entities" / "order.yaml"
+    entity.write_text(entity.read_text().replace(STARTER_OWNER, CRM_OWNS_STATUS))
     mapping = project / "mappings" / "order-to-erp.yaml"
-    mapping.write_text(mapping.read_text().replace("  status: {from: status}\n", POISON_VALUES))
+    text = mapping.read_text()
+    assert STARTER_STATUS in text
+    mapping.write_text(text.replace(STARTER_STATUS, POISON_VALUES))
     integration = project / "integrations" / "deal-to-erp-order.yaml"
     text = integration.read_text()
     start, end = text.index("retry:\n"), text.index("slo:\n")

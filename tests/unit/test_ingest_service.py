@@ -89,7 +89,7 @@ def test_a_valid_event_is_stored_with_one_delivery_of_the_canonical_order(
         "customer": {"id": "A-1", "name": "Acme", "country": "DE"},
         "total": 10,
         "currency": "EUR",
-        "status": "open",
+        # The ERP owns order.status (policy ignore): the CRM's value is dropped.
         "sales_rep": "rep-7",
         "lines": [{"sku": "X1", "quantity": 2, "unit_price": 5}],
     }

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from charter import __version__
 from charter.api.deadletters import dead_letter_routes
+from charter.api.ownership import ownership_routes
 from charter.api.problems import install_problem_handlers
 from charter.api.processes import process_routes
 from charter.api.resilience import resilience_routes
@@ -28,10 +29,7 @@ INGEST_THREADS = 128
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps(body),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )
 
 
@@ -74,6 +72,7 @@ def create_app(
     app.include_router(process_routes(hub, on_ingest))
     app.include_router(resilience_routes(hub))
     app.include_router(dead_letter_routes(hub, on_ingest))
+    app.include_router(ownership_routes(hub, on_ingest))
     limits = hub.ingest.limits
 
     @app.post("/v1/systems/{system}/events", status_code=202, tags=["ingest"])
@@ -140,8 +139,7 @@ def create_app(
         row = await run_in_threadpool(hub.store.get_delivery, delivery_id)
         if row is None:
             raise NotFound(
-                f"there is no delivery {delivery_id}",
-                fix="list them with GET /v1/deliveries",
+                f"there is no delivery {delivery_id}", fix="list them with GET /v1/deliveries"
             )
         attempts = await run_in_threadpool(hub.store.delivery_attempts, delivery_id)
         return _json(_delivery(row) | {"attempts_log": attempts})

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from charter.errors import BadRequest, IdempotencyKeyInFlight, IdempotencyKeyReused
+from charter.governance.drift import DriftRecorder, DriftTally
 from charter.hub.commit import GroupCommitter
 from charter.hub.parsing import IngestLimits, parse_body
 from charter.hub.routing import Router
@@ -44,9 +45,12 @@ class IngestService:
         store: Store,
         limits: IngestLimits | None = None,
         annotate: Callable[[list[NewEvent], list[Any]], list[NewEvent]] | None = None,
+        drift: DriftRecorder | None = None,
     ) -> None:
-        """``annotate`` adds what the events mean to processes (see ``engine.triggers``)."""
+        """``annotate`` adds what the events mean to processes (see ``engine.triggers``);
+        ``drift`` counts payload drift and refused writes (one for ``store`` by default)."""
         self.router = router
+        self.drift = drift if drift is not None else DriftRecorder(store, router.project)
         self.annotate = annotate
         self.store = store
         self.limits = limits or IngestLimits()
@@ -99,7 +103,12 @@ class IngestService:
     ) -> IngestAnswer:
         events = parse_body(body, content_type, self.limits)
         batch = body.lstrip()[:1] == b"["
-        prepared = self.router.prepare(system, events, batch)
+        tally = DriftTally()
+        try:
+            prepared = self.router.prepare(system, events, batch, tally)
+        finally:
+            # Refused requests count too: drift and refused writes are what they show.
+            self.drift.add(tally)
         if self.annotate is not None:
             prepared = self.annotate(prepared, [e.data for e in events])
         answer = {
@@ -136,3 +145,4 @@ class IngestService:
 
     def close(self) -> None:
         self.committer.close()
+        self.drift.close()

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from charter.errors import StoreError
+from charter.errors import Conflict, NotFound, StoreError
 from charter.store.protocol import (
     AttemptResult,
     ClaimedDelivery,
@@ -28,17 +28,24 @@ from charter.store.protocol import (
     DeliveryAction,
     DeliveryCounts,
     DeliveryStatus,
+    DriftCount,
     EventFilter,
+    FieldWrite,
     IdempotencyRecord,
     IngestBatch,
     IngestResult,
     NewEvent,
     Operator,
     Outcome,
+    QuarantineStatus,
     Rearm,
     ReplayDelivery,
     ReplayResult,
+    drift_notice,
     error_class,
+    held_rows,
+    released_payload,
+    write_rows,
 )
 
 REDRIVABLE = (DeliveryStatus.DEAD.value, DeliveryStatus.DISCARDED.value)
@@ -61,6 +68,12 @@ class MemoryStore:
         self._attempt_seq = itertools.count(1)
         self._actions: list[dict[str, Any]] = []
         self._action_seq = itertools.count(1)
+        self._holds: dict[int, dict[str, Any]] = {}
+        self._hold_seq = itertools.count(1)
+        self._writes: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._drift: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._notices: list[dict[str, Any]] = []
+        self._notice_seq = itertools.count(1)
 
     # ingest
 
@@ -83,6 +96,10 @@ class MemoryStore:
                 unique = [e for e in first.values() if e.id not in self._events]
                 for e in unique:
                     self._append_event(e, now)
+                for row in held_rows(unique, now):
+                    ident = next(self._hold_seq)
+                    self._holds[ident] = {"id": ident, **row}
+                self._add_writes([w for e in unique for w in e.writes], now)
                 inserted = {e.id for e in unique}
                 counted: set[str] = set()
                 duplicates: list[str] = []
@@ -121,6 +138,7 @@ class MemoryStore:
             "received_at": now,
             "data": e.data,
         }
+        held = {h.integration for h in e.holds}
         for d in e.deliveries:
             delivery_id = next(self._delivery_seq)
             self._deliveries[delivery_id] = {
@@ -129,7 +147,11 @@ class MemoryStore:
                 "integration": d.integration,
                 "target": d.target,
                 "tier": d.tier,
-                "status": DeliveryStatus.PENDING.value,
+                "status": (
+                    DeliveryStatus.QUARANTINED.value
+                    if d.integration in held
+                    else DeliveryStatus.PENDING.value
+                ),
                 "attempts": 0,
                 "next_attempt_at": now,
                 "lease_owner": None,
@@ -142,7 +164,8 @@ class MemoryStore:
                 "last_status": None,
                 "last_error": None,
             }
-            self._pending.add(delivery_id)
+            if d.integration not in held:
+                self._pending.add(delivery_id)
 
     def find_idempotency_record(self, system: str, key: str) -> IdempotencyRecord | None:
         with self._lock:
@@ -258,6 +281,7 @@ class MemoryStore:
             dead=statuses.count(DeliveryStatus.DEAD.value),
             retried=sum(1 for row in rows if row["attempts"] > 1),
             attempts=sum(row["attempts"] for row in rows),
+            quarantined=statuses.count(DeliveryStatus.QUARANTINED.value),
         )
 
     def latencies(self, limit: int = 100_000) -> list[float]:
@@ -493,7 +517,10 @@ class MemoryStore:
                     )
                     created += 1
                     continue
-                if row["status"] == DeliveryStatus.PENDING.value:
+                if row["status"] in (
+                    DeliveryStatus.PENDING.value,
+                    DeliveryStatus.QUARANTINED.value,
+                ):
                     pending += 1
                     continue
                 if row["status"] == DeliveryStatus.DISCARDED.value:
@@ -512,6 +539,141 @@ class MemoryStore:
                 self._record(row["id"], DeliveryAction.REPLAY, who, now, details, replay_id)
                 rearmed += 1
         return ReplayResult(created=created, rearmed=rearmed, pending=pending, discarded=discarded)
+
+    # field ownership and drift
+
+    def _add_writes(self, writes: list[FieldWrite], now: float) -> None:
+        for row in write_rows(writes, now):
+            key = (row["system"], row["entity"], row["field"], row["policy"], row["outcome"])
+            found = self._writes.setdefault(key, row | {"count": 0})
+            found["count"] += row["count"]
+            found["last_at"] = now
+
+    def count_writes(self, writes: list[FieldWrite]) -> None:
+        with self._lock:
+            self._add_writes(writes, self._clock())
+
+    def write_counts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [dict(row) for row in self._writes.values()]
+        rows.sort(key=lambda r: (r["system"], r["entity"], r["field"]))
+        return rows
+
+    def list_quarantine(
+        self, team: str | None = None, status: QuarantineStatus | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [
+                dict(row)
+                | {
+                    "deliveries": sorted(
+                        d["id"]
+                        for d in self._deliveries.values()
+                        if (d["event_id"], d["integration"])
+                        == (row["event_id"], row["integration"])
+                    )
+                }
+                for row in self._holds.values()
+                if (team is None or row["team"] == team)
+                and (status is None or row["status"] == status.value)
+            ]
+        rows.sort(key=lambda r: r["id"], reverse=True)
+        return rows[:limit]
+
+    def decide_quarantine(self, hold_id: int, accept: bool, who: Operator) -> dict[str, Any]:
+        with self._lock:
+            now = self._clock()
+            hold = self._holds.get(hold_id)
+            if hold is None:
+                raise NotFound(
+                    f"there is no held write {hold_id}", fix="list them with GET /v1/quarantine"
+                )
+            if hold["status"] != QuarantineStatus.OPEN.value:
+                raise Conflict(
+                    f"held write {hold_id} was already {hold['status']} by {hold['decided_by']}",
+                    fix="list open ones with GET /v1/quarantine?status=open",
+                )
+            outcome = QuarantineStatus.ACCEPTED if accept else QuarantineStatus.REJECTED
+            hold.update(status=outcome.value, decided_at=now, decided_by=who.by, reason=who.reason)
+            route = (hold["event_id"], hold["integration"])
+            still_open = any(
+                (h["event_id"], h["integration"]) == route
+                and h["status"] == QuarantineStatus.OPEN.value
+                for h in self._holds.values()
+            )
+            released: list[int] = []
+            for row in sorted(self._deliveries.values(), key=lambda d: d["id"]):
+                if (row["event_id"], row["integration"]) != route or (
+                    row["status"] != DeliveryStatus.QUARANTINED.value
+                ):
+                    continue
+                before = row["payload"]
+                if not accept:
+                    row["payload"] = released_payload(before, hold["field"])
+                if not still_open:
+                    row.update(status=DeliveryStatus.PENDING.value, next_attempt_at=now)
+                    self._pending.add(row["id"])
+                    released.append(row["id"])
+                details: dict[str, Any] = {"hold": hold_id, "field": hold["field"]}
+                if row["payload"] != before:
+                    details |= {
+                        "payload_before": orjson.loads(before),
+                        "payload": orjson.loads(row["payload"]),
+                    }
+                action = DeliveryAction.ACCEPT if accept else DeliveryAction.REJECT
+                self._record(row["id"], action, who, now, details)
+            write = FieldWrite(
+                hold["system"], hold["entity"], hold["field"], "quarantine", outcome.value
+            )
+            self._add_writes([write], now)
+            return dict(hold) | {"released": released}
+
+    def record_drift(self, counts: list[DriftCount]) -> int:
+        new = 0
+        with self._lock:
+            now = self._clock()
+            for c in counts:
+                key = (c.system, c.event_type, c.kind, c.field, c.value)
+                row = self._drift.get(key)
+                if row is None:
+                    new += 1
+                    self._drift[key] = {
+                        "system": c.system,
+                        "event_type": c.event_type,
+                        "kind": c.kind,
+                        "field": c.field,
+                        "value": c.value,
+                        "count": c.count,
+                        "first_seen": c.first_seen,
+                        "last_seen": c.last_seen,
+                    }
+                    if c.kind != "seen":
+                        self._notices.append({"id": next(self._notice_seq), **drift_notice(c, now)})
+                    continue
+                row["count"] += c.count
+                row["last_seen"] = max(row["last_seen"], c.last_seen)
+        return new
+
+    def drift_counts(
+        self, system: str | None = None, since: float | None = None, kinds: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [
+                dict(row)
+                for key, row in sorted(self._drift.items())
+                if (system is None or row["system"] == system)
+                and (since is None or row["last_seen"] >= since)
+                and (not kinds or row["kind"] in kinds)
+            ]
+        return rows
+
+    def list_notices(self, team: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [dict(n) for n in self._notices if team is None or n["team"] == team]
+        for row in rows:
+            row["detail"] = orjson.loads(row["detail"])
+        rows.sort(key=lambda r: r["id"], reverse=True)
+        return rows[:limit]
 
     def close(self) -> None:
         """Nothing to release; the data stays readable."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
+
+import orjson
 
 
 class DeliveryStatus(StrEnum):
@@ -12,6 +15,9 @@ class DeliveryStatus(StrEnum):
     DELIVERED = "delivered"
     DEAD = "dead"
     DISCARDED = "discarded"  # a dead letter an operator gave up on, with a reason
+    # Held for the owner of a field the source system wrote without owning it; never
+    # claimed. Accepting or rejecting the write makes it pending.
+    QUARANTINED = "quarantined"
 
 
 class Outcome(StrEnum):
@@ -40,6 +46,11 @@ class NewEvent:
     correlations: list[tuple[str, str]] = field(default_factory=list)
     # Process instances the event starts (``InstanceWrite`` objects of the engine).
     starts: list[Any] = field(default_factory=list)
+    # Writes of fields the source system does not own, held for their owner's review;
+    # the deliveries of a held integration are stored quarantined.
+    holds: list[FieldHold] = field(default_factory=list)
+    # Decisions on writes of fields the source system does not own, counted on append.
+    writes: list[FieldWrite] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,131 @@ class NewDelivery:
     idempotency_key: str
     mapping: str
     payload: str
+
+
+@dataclass(frozen=True)
+class FieldHold:
+    """A write of ``entity.field`` by a system that does not own it, held for ``team``."""
+
+    integration: str
+    entity: str
+    field: str
+    value: str  # the written value, as JSON
+    system_of_record: str
+    team: str  # the owner of the field's system of record
+
+
+@dataclass(frozen=True)
+class FieldWrite:
+    """One decision on a write of ``entity.field`` by ``system`` (not its system of record).
+
+    ``outcome`` is ``rejected``, ``ignored`` or ``quarantined`` at ingest, and
+    ``accepted`` or ``rejected`` (policy ``quarantine``) when the owner reviews it.
+    """
+
+    system: str
+    entity: str
+    field: str
+    policy: str
+    outcome: str
+
+
+class QuarantineStatus(StrEnum):
+    OPEN = "open"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class DriftCount:
+    """How often ``system``'s ``event_type`` payloads showed one kind of drift, in one period.
+
+    ``kind`` is ``unknown_field``, ``unmapped_value``, ``stopped_field`` or
+    ``seen`` (a declared field arrived; ``field`` ``""`` counts the events).
+    ``team`` owns the system: a notice goes to it when the row is new.
+    """
+
+    system: str
+    event_type: str
+    kind: str
+    field: str
+    value: str
+    count: int
+    first_seen: float
+    last_seen: float
+    team: str
+
+
+def held_rows(appended: list[NewEvent], now: float) -> list[dict[str, Any]]:
+    """The ``quarantine`` rows of appended events' held writes."""
+    return [
+        {
+            "event_id": e.id,
+            "integration": h.integration,
+            "entity": h.entity,
+            "field": h.field,
+            "value": h.value,
+            "system": e.system,
+            "system_of_record": h.system_of_record,
+            "team": h.team,
+            "status": QuarantineStatus.OPEN.value,
+            "created_at": now,
+            "decided_at": None,
+            "decided_by": None,
+            "reason": None,
+        }
+        for e in appended
+        for h in e.holds
+    ]
+
+
+def write_rows(writes: list[FieldWrite], now: float) -> list[dict[str, Any]]:
+    """``field_writes`` rows adding up ``writes``: one per (system, entity, field, policy,
+    outcome)."""
+    counted = Counter(writes)
+    return [
+        {
+            "system": w.system,
+            "entity": w.entity,
+            "field": w.field,
+            "policy": w.policy,
+            "outcome": w.outcome,
+            "count": n,
+            "first_at": now,
+            "last_at": now,
+        }
+        for w, n in counted.items()
+    ]
+
+
+def released_payload(payload: str, field_name: str) -> str:
+    """A canonical payload without the top-level field whose write was rejected."""
+    data = orjson.loads(payload)
+    if isinstance(data, dict):
+        data.pop(field_name, None)
+    return orjson.dumps(data).decode()
+
+
+def drift_notice(count: DriftCount, now: float) -> dict[str, Any]:
+    """The ``notices`` row telling the system's owner about a new kind of drift."""
+    shown = f" = {count.value!r}" if count.value else ""
+    return {
+        "team": count.team,
+        "kind": "drift.detected",
+        "subject": f"{count.system} {count.event_type}: {count.kind} {count.field}{shown}",
+        "detail": orjson.dumps(
+            {
+                "system": count.system,
+                "event_type": count.event_type,
+                "kind": count.kind,
+                "field": count.field,
+                "value": count.value,
+                "count": count.count,
+                "first_seen": count.first_seen,
+            }
+        ).decode(),
+        "created_at": now,
+    }
 
 
 @dataclass(frozen=True)
@@ -185,6 +321,9 @@ class DeliveryAction(StrEnum):
     DISCARD = "discard"
     EDIT = "edit"
     REPLAY = "replay"
+    # The owner of a quarantined field write accepted or rejected it.
+    ACCEPT = "accept"
+    REJECT = "reject"
 
 
 @dataclass(frozen=True)
@@ -259,6 +398,7 @@ class DeliveryCounts:
     dead: int
     retried: int
     attempts: int
+    quarantined: int = 0
 
 
 class Store(Protocol):
@@ -336,6 +476,48 @@ class Store(Protocol):
         operator; an existing delivery keeps its Idempotency-Key unless its
         (mapping, payload) change. One ``replay`` action is recorded per delivery.
         """
+        ...
+
+    # field ownership and drift
+
+    def list_quarantine(
+        self, team: str | None = None, status: QuarantineStatus | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Held writes newest first, with ``deliveries``: the ids of the deliveries they hold."""
+        ...
+
+    def decide_quarantine(self, hold_id: int, accept: bool, who: Operator) -> dict[str, Any]:
+        """Accept or reject a held write; record who, why and the write decision.
+
+        Rejecting removes the field from the held deliveries' payloads. Deliveries
+        with no other open hold become pending. Raises ``NotFound`` for an unknown
+        id and ``Conflict`` when the write was already decided.
+        """
+        ...
+
+    def count_writes(self, writes: list[FieldWrite]) -> None:
+        """Count write decisions made outside an append (writes refused at ingest)."""
+        ...
+
+    def write_counts(self) -> list[dict[str, Any]]:
+        """Counts per (system, entity, field, policy, outcome), with first and last time."""
+        ...
+
+    def record_drift(self, counts: list[DriftCount]) -> int:
+        """Add counts to the drift table; a notice for each new row that is not ``seen``.
+
+        Returns how many rows were new.
+        """
+        ...
+
+    def drift_counts(
+        self, system: str | None = None, since: float | None = None, kinds: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        """Drift rows last seen at or after ``since``, of ``kinds`` (all when empty)."""
+        ...
+
+    def list_notices(self, team: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Notices to teams newest first, ``detail`` decoded."""
         ...
 
     def close(self) -> None: ...

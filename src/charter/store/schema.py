@@ -198,3 +198,69 @@ catalog_versions = Table(
     Column("changes", Text, nullable=False),
     Column("snapshot", Text, nullable=False),
 )
+
+# Field ownership and drift (migration 0007).
+
+# Writes of fields by a system that is not their system of record, held for the owner.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("integration", String(64), nullable=False),
+    Column("entity", String(64), nullable=False),
+    Column("field", String(200), nullable=False),
+    Column("value", Text, nullable=False),
+    Column("system", String(64), nullable=False),
+    Column("system_of_record", String(64), nullable=False),
+    Column("team", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("decided_at", Float),
+    Column("decided_by", String(100)),
+    Column("reason", Text),
+    Index("ix_quarantine_status_team", "status", "team"),
+    Index("ix_quarantine_event", "event_id", "integration"),
+)
+
+# Decisions on writes of fields by systems that do not own them.
+field_writes = Table(
+    "field_writes",
+    metadata,
+    Column("system", String(64), primary_key=True),
+    Column("entity", String(64), primary_key=True),
+    Column("field", String(200), primary_key=True),
+    Column("policy", String(16), primary_key=True),
+    Column("outcome", String(16), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("first_at", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+)
+
+# Runtime drift of source payloads, and the declared fields seen (kind 'seen').
+drift = Table(
+    "drift",
+    metadata,
+    Column("system", String(64), primary_key=True),
+    Column("event_type", String(200), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("field", String(300), primary_key=True),
+    Column("value", String(255), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Index("ix_drift_last_seen", "last_seen"),
+)
+
+# What the hub tells a team (drift detected, ...).
+notices = Table(
+    "notices",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("team", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_notices_team", "team", "id"),
+)

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from charter.errors import StoreError
+from charter.errors import Conflict, NotFound, StoreError
 from charter.store.protocol import (
     ERROR_WORDS,
     AttemptResult,
@@ -45,28 +45,41 @@ from charter.store.protocol import (
     DeliveryAction,
     DeliveryCounts,
     DeliveryStatus,
+    DriftCount,
     EventFilter,
+    FieldWrite,
     IdempotencyRecord,
     IngestBatch,
     IngestResult,
     NewEvent,
     Operator,
     Outcome,
+    QuarantineStatus,
     Rearm,
     ReplayDelivery,
     ReplayResult,
+    drift_notice,
+    held_rows,
+    released_payload,
+    write_rows,
 )
 from charter.store.schema import (
     attempts,
     deliveries,
     delivery_actions,
+    drift,
     events,
+    field_writes,
     idempotency_keys,
+    notices,
+    quarantine,
 )
 
 # Rows per statement when a replay or a bulk redrive writes many deliveries.
 CHUNK = 1000
 REDRIVABLE = (DeliveryStatus.DEAD.value, DeliveryStatus.DISCARDED.value)
+# A replay leaves these to their worker, or to the owner reviewing the held write.
+PENDING_OR_HELD = (DeliveryStatus.PENDING.value, DeliveryStatus.QUARANTINED.value)
 
 
 def _error_class_sql() -> ColumnElement[Any]:
@@ -211,6 +224,7 @@ class SqlStore:
 
     def append(self, batches: list[IngestBatch]) -> list[IngestResult]:
         results: list[IngestResult] = []
+        appended: list[NewEvent] = []
         with self._write() as conn:
             now = self._now(conn)
             for extension in self.append_extensions:
@@ -246,6 +260,8 @@ class SqlStore:
                         ).scalars()
                     )
                 unique = [e for e in first.values() if e.id in inserted]
+                appended.extend(unique)
+                held = {(e.id, h.integration) for e in unique for h in e.holds}
                 if unique:
                     rows = [
                         {
@@ -253,7 +269,11 @@ class SqlStore:
                             "integration": d.integration,
                             "target": d.target,
                             "tier": d.tier,
-                            "status": DeliveryStatus.PENDING.value,
+                            "status": (
+                                DeliveryStatus.QUARANTINED.value
+                                if (e.id, d.integration) in held
+                                else DeliveryStatus.PENDING.value
+                            ),
                             "attempts": 0,
                             "next_attempt_at": now,
                             "idempotency_key": d.idempotency_key,
@@ -276,6 +296,7 @@ class SqlStore:
                 results.append(IngestResult(appended=[e.id for e in unique], duplicates=duplicates))
                 for extension in self.append_extensions:
                     extension.after_append(conn, unique, now)
+            self._append_governance(conn, appended, now)
             if self.is_postgres:
                 conn.execute(text("NOTIFY charter_deliveries"))
         return results
@@ -331,8 +352,7 @@ class SqlStore:
                     deliveries.c.status == DeliveryStatus.PENDING.value,
                     deliveries.c.next_attempt_at <= now,
                     or_(
-                        deliveries.c.lease_expires_at.is_(None),
-                        deliveries.c.lease_expires_at < now,
+                        deliveries.c.lease_expires_at.is_(None), deliveries.c.lease_expires_at < now
                     ),
                 )
                 .order_by(deliveries.c.tier, deliveries.c.next_attempt_at)
@@ -389,10 +409,7 @@ class SqlStore:
             if released:
                 conn.execute(
                     update(deliveries)
-                    .where(
-                        deliveries.c.id.in_(released),
-                        deliveries.c.lease_owner == worker,
-                    )
+                    .where(deliveries.c.id.in_(released), deliveries.c.lease_owner == worker)
                     .values(lease_owner=None, lease_expires_at=None)
                 )
             if not done:
@@ -484,6 +501,7 @@ class SqlStore:
                     func.sum(case((deliveries.c.status == "dead", 1), else_=0)),
                     func.sum(case((deliveries.c.attempts > 1, 1), else_=0)),
                     func.sum(deliveries.c.attempts),
+                    func.sum(case((deliveries.c.status == "quarantined", 1), else_=0)),
                 )
             ).one()
             received = conn.execute(select(func.count()).select_from(events)).scalar_one()
@@ -494,6 +512,7 @@ class SqlStore:
             dead=int(row[3] or 0),
             retried=int(row[4] or 0),
             attempts=int(row[5] or 0),
+            quarantined=int(row[6] or 0),
         )
 
     def latencies(self, limit: int = 100_000) -> list[float]:
@@ -507,10 +526,7 @@ class SqlStore:
             return [float(v) for v in values]
 
     def list_deliveries(
-        self,
-        status: DeliveryStatus | None = None,
-        integration: str | None = None,
-        limit: int = 100,
+        self, status: DeliveryStatus | None = None, integration: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         query = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit)
         if status is not None:
@@ -592,10 +608,7 @@ class SqlStore:
                 chunk = {r.delivery_id: r for r in rearms[start : start + CHUNK]}
                 rows = conn.execute(
                     select(deliveries)
-                    .where(
-                        deliveries.c.id.in_(list(chunk)),
-                        deliveries.c.status.in_(REDRIVABLE),
-                    )
+                    .where(deliveries.c.id.in_(list(chunk)), deliveries.c.status.in_(REDRIVABLE))
                     .with_for_update()
                 ).all()
                 updates: list[dict[str, Any]] = []
@@ -606,12 +619,7 @@ class SqlStore:
                     payload = rearm.payload if rearm.payload is not None else row.payload
                     key = rearm.idempotency_key or row.idempotency_key
                     updates.append(
-                        {
-                            "b_id": row.id,
-                            "b_mapping": mapping,
-                            "b_payload": payload,
-                            "b_key": key,
-                        }
+                        {"b_id": row.id, "b_mapping": mapping, "b_payload": payload, "b_key": key}
                     )
                     if payload != row.payload:
                         actions.append(
@@ -706,10 +714,7 @@ class SqlStore:
         if where.key is not None:
             quoted = orjson.dumps(where.key).decode()
             query = query.where(
-                or_(
-                    events.c.subject == where.key,
-                    events.c.data.contains(quoted, autoescape=True),
-                )
+                or_(events.c.subject == where.key, events.c.data.contains(quoted, autoescape=True))
             )
         with self.engine.connect() as conn:
             return [_row(r._mapping) for r in conn.execute(query)]
@@ -745,7 +750,7 @@ class SqlStore:
                     if row is None:
                         new.append(d)
                         continue
-                    if row.status == DeliveryStatus.PENDING.value:
+                    if row.status in PENDING_OR_HELD:
                         pending += 1
                         continue
                     if row.status == DeliveryStatus.DISCARDED.value:
@@ -805,11 +810,7 @@ class SqlStore:
                             DeliveryAction.REPLAY,
                             who,
                             now,
-                            {
-                                "status_before": None,
-                                "mapping": d.mapping,
-                                "key": d.idempotency_key,
-                            },
+                            {"status_before": None, "mapping": d.mapping, "key": d.idempotency_key},
                             replay_id,
                         )
                         for ident, d in zip(ids, new, strict=True)
@@ -820,6 +821,221 @@ class SqlStore:
             if self.is_postgres and (created or rearmed):
                 conn.execute(text("NOTIFY charter_deliveries"))
         return ReplayResult(created=created, rearmed=rearmed, pending=pending, discarded=discarded)
+
+    # field ownership and drift
+
+    def _append_governance(self, conn: Connection, appended: list[NewEvent], now: float) -> None:
+        """Held writes and write decisions of the appended events, in their transaction."""
+        holds = held_rows(appended, now)
+        if holds:
+            conn.execute(insert(quarantine), holds)
+        self._add_writes(conn, [w for e in appended for w in e.writes], now)
+
+    def _upsert_counts(self, table: Any, keys: list[str], rows: list[dict[str, Any]]) -> Any:
+        """``INSERT ... ON CONFLICT DO UPDATE`` adding ``count`` and moving the last time on."""
+        dialect = postgresql if self.is_postgres else sqlite
+        stmt = dialect.insert(table)
+        last = "last_seen" if "last_seen" in table.c else "last_at"
+        return stmt.on_conflict_do_update(
+            index_elements=keys,
+            set_={
+                "count": table.c["count"] + stmt.excluded["count"],
+                last: case(
+                    (stmt.excluded[last] > table.c[last], stmt.excluded[last]),
+                    else_=table.c[last],
+                ),
+            },
+        )
+
+    def _add_writes(self, conn: Connection, writes: list[FieldWrite], now: float) -> None:
+        rows = write_rows(writes, now)
+        if rows:
+            conn.execute(
+                self._upsert_counts(
+                    field_writes, ["system", "entity", "field", "policy", "outcome"], rows
+                ),
+                rows,
+            )
+
+    def count_writes(self, writes: list[FieldWrite]) -> None:
+        if not writes:
+            return
+        with self._write() as conn:
+            self._add_writes(conn, writes, self._now(conn))
+
+    def write_counts(self) -> list[dict[str, Any]]:
+        query = select(field_writes).order_by(
+            field_writes.c.system, field_writes.c.entity, field_writes.c.field
+        )
+        with self.engine.connect() as conn:
+            return [_row(r._mapping) for r in conn.execute(query)]
+
+    def list_quarantine(
+        self, team: str | None = None, status: QuarantineStatus | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        query = select(quarantine).order_by(quarantine.c.id.desc()).limit(limit)
+        if team is not None:
+            query = query.where(quarantine.c.team == team)
+        if status is not None:
+            query = query.where(quarantine.c.status == status.value)
+        with self.engine.connect() as conn:
+            rows = [_row(r._mapping) for r in conn.execute(query)]
+            for row in rows:
+                row["deliveries"] = list(
+                    conn.execute(
+                        select(deliveries.c.id)
+                        .where(
+                            deliveries.c.event_id == row["event_id"],
+                            deliveries.c.integration == row["integration"],
+                        )
+                        .order_by(deliveries.c.id)
+                    ).scalars()
+                )
+        return rows
+
+    def decide_quarantine(self, hold_id: int, accept: bool, who: Operator) -> dict[str, Any]:
+        with self._write() as conn:
+            now = self._now(conn)
+            hold = conn.execute(
+                select(quarantine).where(quarantine.c.id == hold_id).with_for_update()
+            ).first()
+            if hold is None:
+                raise NotFound(
+                    f"there is no held write {hold_id}", fix="list them with GET /v1/quarantine"
+                )
+            if hold.status != QuarantineStatus.OPEN.value:
+                raise Conflict(
+                    f"held write {hold_id} was already {hold.status} by {hold.decided_by}",
+                    fix="list open ones with GET /v1/quarantine?status=open",
+                )
+            outcome = QuarantineStatus.ACCEPTED if accept else QuarantineStatus.REJECTED
+            conn.execute(
+                update(quarantine)
+                .where(quarantine.c.id == hold_id)
+                .values(status=outcome.value, decided_at=now, decided_by=who.by, reason=who.reason)
+            )
+            still_open = conn.execute(
+                select(func.count())
+                .select_from(quarantine)
+                .where(
+                    quarantine.c.event_id == hold.event_id,
+                    quarantine.c.integration == hold.integration,
+                    quarantine.c.status == QuarantineStatus.OPEN.value,
+                )
+            ).scalar_one()
+            held = conn.execute(
+                select(deliveries.c.id, deliveries.c.payload)
+                .where(
+                    deliveries.c.event_id == hold.event_id,
+                    deliveries.c.integration == hold.integration,
+                    deliveries.c.status == DeliveryStatus.QUARANTINED.value,
+                )
+                .with_for_update()
+            ).all()
+            released: list[int] = []
+            actions: list[dict[str, Any]] = []
+            for row in held:
+                payload = row.payload if accept else released_payload(row.payload, hold.field)
+                values: dict[str, Any] = {"payload": payload}
+                if not still_open:
+                    values |= {"status": DeliveryStatus.PENDING.value, "next_attempt_at": now}
+                    released.append(int(row.id))
+                conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(**values))
+                details: dict[str, Any] = {"hold": hold_id, "field": hold.field}
+                if payload != row.payload:
+                    details |= {
+                        "payload_before": orjson.loads(row.payload),
+                        "payload": orjson.loads(payload),
+                    }
+                action = DeliveryAction.ACCEPT if accept else DeliveryAction.REJECT
+                actions.append(_action_row(row.id, action, who, now, details))
+            if actions:
+                conn.execute(insert(delivery_actions), actions)
+            write = FieldWrite(hold.system, hold.entity, hold.field, "quarantine", outcome.value)
+            self._add_writes(conn, [write], now)
+            if self.is_postgres and released:
+                conn.execute(text("NOTIFY charter_deliveries"))
+            decided = conn.execute(select(quarantine).where(quarantine.c.id == hold_id)).one()
+        return _row(decided._mapping) | {"released": released}
+
+    def record_drift(self, counts: list[DriftCount]) -> int:
+        if not counts:
+            return 0
+        keys = ("system", "event_type", "kind", "field", "value")
+        rows = [
+            {
+                "system": c.system,
+                "event_type": c.event_type,
+                "kind": c.kind,
+                "field": c.field,
+                "value": c.value,
+                "count": c.count,
+                "first_seen": c.first_seen,
+                "last_seen": c.last_seen,
+            }
+            for c in counts
+        ]
+        with self._write() as conn:
+            now = self._now(conn)
+            # Insert what is new first: a row this statement created is seen for the first
+            # time, also with many hub processes flushing at once.
+            new = {
+                tuple(r)
+                for r in conn.execute(
+                    self._insert_ignore(drift).returning(*(drift.c[k] for k in keys)), rows
+                )
+            }
+            existing = [r for r in rows if tuple(r[k] for k in keys) not in new]
+            if existing:
+                conn.execute(
+                    update(drift)
+                    .where(*(drift.c[k] == bindparam(f"b_{k}") for k in keys))
+                    .values(
+                        count=drift.c["count"] + bindparam("b_count"),
+                        last_seen=case(
+                            (bindparam("b_last") > drift.c.last_seen, bindparam("b_last")),
+                            else_=drift.c.last_seen,
+                        ),
+                    ),
+                    [
+                        {f"b_{k}": r[k] for k in keys}
+                        | {"b_count": r["count"], "b_last": r["last_seen"]}
+                        for r in existing
+                    ],
+                )
+            told = [
+                drift_notice(c, now)
+                for c in counts
+                if (c.system, c.event_type, c.kind, c.field, c.value) in new and c.kind != "seen"
+            ]
+            if told:
+                conn.execute(insert(notices), told)
+        return len(new)
+
+    def drift_counts(
+        self, system: str | None = None, since: float | None = None, kinds: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
+        query = select(drift).order_by(
+            drift.c.system, drift.c.event_type, drift.c.kind, drift.c.field, drift.c.value
+        )
+        if system is not None:
+            query = query.where(drift.c.system == system)
+        if since is not None:
+            query = query.where(drift.c.last_seen >= since)
+        if kinds:
+            query = query.where(drift.c.kind.in_(kinds))
+        with self.engine.connect() as conn:
+            return [_row(r._mapping) for r in conn.execute(query)]
+
+    def list_notices(self, team: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(notices).order_by(notices.c.id.desc()).limit(limit)
+        if team is not None:
+            query = query.where(notices.c.team == team)
+        with self.engine.connect() as conn:
+            rows = [_row(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row["detail"] = orjson.loads(row["detail"])
+        return rows
 
     def close(self) -> None:
         self.engine.dispose()
