@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from charter import __version__
 from charter.api.deadletters import dead_letter_routes
+from charter.api.metrics import metrics_routes
 from charter.api.ownership import ownership_routes
 from charter.api.problems import install_problem_handlers
 from charter.api.processes import process_routes
@@ -71,6 +72,7 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(process_routes(hub, on_ingest))
     app.include_router(resilience_routes(hub))
+    app.include_router(metrics_routes(hub))
     app.include_router(dead_letter_routes(hub, on_ingest))
     app.include_router(ownership_routes(hub, on_ingest))
     limits = hub.ingest.limits
