@@ -147,7 +147,12 @@ def test_a_poison_event_is_dead_lettered_the_others_flow_and_a_fix_delivers_it_o
         post_events(api, events)
         stats = wait_until(hub.stats, settled(total + 101), SETTLE_S)["deliveries"]
         assert (stats["delivered"], stats["dead"]) == (3100, 4)
-        assert max(mixed) >= 0.9 * max(alone), (mixed, alone)
+        # What keeps the others flowing, independent of the machine's load: each poison
+        # event costs one attempt and no good event waits or retries behind it.
+        assert stats["attempts"] == 3100 + 4, stats
+        # The rates themselves are noisy on a shared machine (bench figures, not a test's):
+        # this only catches a poison event stalling the flow.
+        assert max(mixed) >= 0.5 * max(alone), (mixed, alone)
         assert erp.report()["applied"] == 3100
 
         # The dead letters, found by filter, with owners and the mapping error class.
