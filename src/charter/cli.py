@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from charter.catalog import PROJECT_FILE, Project, load_project
 from charter.cli_dlq import dlq_app, replay
 from charter.cli_governance import apply, history, impact, plan, rollback
+from charter.cli_lineage import export_app, lineage
 from charter.cli_ownership import drift, notices, ownership, quarantine_app
 from charter.cli_processes import process_app
 from charter.cli_resilience import breakers, quota
@@ -39,6 +40,8 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(process_app, name="process")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(export_app, name="export")
+app.command("lineage")(lineage)
 app.command("ownership")(ownership)
 app.command("drift")(drift)
 app.command("notices")(notices)

@@ -8,43 +8,33 @@ replayed deliveries up. Who does it (``--by``, the OS user by default) and why
 
 from __future__ import annotations
 
-import getpass
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
+from charter.cli_common import DatabaseOption, JsonOption, ProjectOption, err, out
+from charter.cli_common import default_by as _default_by
+from charter.cli_common import fail as _fail
+from charter.cli_common import hub_session as _hub
 from charter.errors import CharterError
 
 if TYPE_CHECKING:
-    from charter.runtime import Hub
+    pass
 
 dlq_app = typer.Typer(
     help="Dead letters: list, show, redrive (edited or by filter), discard.", no_args_is_help=True
 )
-out = Console()
-err = Console(stderr=True)
-
-ProjectOption = Annotated[
-    Path, typer.Option("--project", "-p", envvar="CHARTER_PROJECT", help="The project folder.")
-]
-DatabaseOption = Annotated[
-    str | None, typer.Option("--database", envvar="CHARTER_DATABASE_URL", help="Database URL.")
-]
 ByOption = Annotated[
     str | None, typer.Option("--by", help="Who does this (recorded); default: your user name.")
 ]
 ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why (recorded; required).")]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 MappingOption = Annotated[
     str,
     typer.Option(
@@ -66,31 +56,6 @@ ErrorClassOption = Annotated[
 OlderThanOption = Annotated[
     str | None, typer.Option("--older-than", help="Dead for longer than this: 90, 30m, 1h, 2d.")
 ]
-
-
-def _default_by() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
-
-
-@contextmanager
-def _hub(project: Path, database: str | None) -> Iterator[Hub]:
-    from charter.cli import _open_hub
-
-    hub = _open_hub(project, database)
-    try:
-        yield hub
-    except CharterError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        hub.close()
 
 
 def _when(seconds: float | None) -> str:

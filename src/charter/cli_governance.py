@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -12,9 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from charter.cli_common import DatabaseOption, ProjectOption, default_by, out
+from charter.cli_common import fail as _fail
 from charter.errors import CharterError
 
 if TYPE_CHECKING:
@@ -22,26 +22,12 @@ if TYPE_CHECKING:
     from charter.governance.service import Governance
     from charter.runtime import Hub
 
-out = Console()
-err = Console(stderr=True)
-
-ProjectOption = Annotated[
-    Path, typer.Option("--project", "-p", envvar="CHARTER_PROJECT", help="The project folder.")
-]
-DatabaseOption = Annotated[
-    str | None, typer.Option("--database", envvar="CHARTER_DATABASE_URL", help="Database URL.")
-]
 ByOption = Annotated[str | None, typer.Option("--by", help="Who does this (kept in history).")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in history).")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
 def _by(value: str | None) -> str:
-    return value or os.environ.get("USER") or "cli"
+    return value or default_by()
 
 
 @contextmanager

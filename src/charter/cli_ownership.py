@@ -14,19 +14,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from charter.cli_dlq import (
-    ByOption,
-    DatabaseOption,
-    JsonOption,
-    ProjectOption,
-    ReasonOption,
-    _default_by,
-    _fail,
-    _hub,
-    _print_json,
-    _when,
-    out,
-)
+from charter.cli_common import DatabaseOption, JsonOption, ProjectOption, out
+from charter.cli_common import default_by as _default_by
+from charter.cli_common import fail as _fail
+from charter.cli_common import hub_session as _hub
+from charter.cli_dlq import ByOption, ReasonOption, _print_json, _when
 
 quarantine_app = typer.Typer(
     help="Writes of fields by systems that do not own them, held for the owner: list, accept, "

@@ -2,58 +2,27 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from charter.errors import CharterError
+from charter.cli_common import DatabaseOption, ProjectOption, out
+from charter.cli_common import default_by as _default_by
+from charter.cli_common import fail as _fail
+from charter.cli_common import hub_session as _hub
 
 if TYPE_CHECKING:
-    from charter.runtime import Hub
+    pass
 
 process_app = typer.Typer(
     help="Durable processes: start, list, show, operate.", no_args_is_help=True
 )
-out = Console()
-err = Console(stderr=True)
-
-ProjectOption = Annotated[
-    Path, typer.Option("--project", "-p", envvar="CHARTER_PROJECT", help="The project folder.")
-]
-DatabaseOption = Annotated[
-    str | None, typer.Option("--database", envvar="CHARTER_DATABASE_URL", help="Database URL.")
-]
 ByOption = Annotated[str, typer.Option("--by", help="Who does this (recorded in the timeline).")]
-
-
-def _default_by() -> str:
-    return os.environ.get("USER") or "cli"
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(1)
-
-
-@contextmanager
-def _hub(project: Path, database: str | None) -> Iterator[Hub]:
-    from charter.cli import _open_hub
-
-    hub = _open_hub(project, database)
-    try:
-        yield hub
-    except CharterError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        hub.close()
 
 
 def _json_option(value: str | None, name: str) -> Any:

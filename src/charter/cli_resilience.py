@@ -13,21 +13,9 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from charter.errors import CharterError
-
-out = Console()
-err = Console(stderr=True)
-
-ProjectOption = Annotated[
-    Path, typer.Option("--project", "-p", envvar="CHARTER_PROJECT", help="The project folder.")
-]
-DatabaseOption = Annotated[
-    str | None, typer.Option("--database", envvar="CHARTER_DATABASE_URL", help="Database URL.")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+from charter.cli_common import DatabaseOption, JsonOption, ProjectOption, hub_session, out
 
 
 def _when(seconds: float | None) -> str:
@@ -41,17 +29,10 @@ def _print_json(value: Any) -> None:
 
 
 def _read(project: Path, database: str | None, read: Any) -> Any:
-    from charter.cli import _open_hub
     from charter.store.resilience import ResilienceStore
 
-    hub = _open_hub(project, database)
-    try:
+    with hub_session(project, database) as hub:
         return read(hub.project, ResilienceStore(hub.store.engine))
-    except CharterError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from exc
-    finally:
-        hub.close()
 
 
 def quota(

@@ -10,28 +10,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 import httpx
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
     from charter.sim.proxy import FaultProxy
+from charter.cli_common import fail as _fail
+from charter.cli_common import out
 
 sim_app = typer.Typer(
     help="Simulated business systems and a TCP fault proxy, for demos and tests.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
 
 TIMEOUT_S = 5.0
 # Faults only a fault proxy takes; a simulator refusing them gets a hint.
 PROXY_ONLY = ("reset", "blackhole", "bandwidth_bytes_per_s")
 OFF = ("off", "none", "null")
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(1)
 
 
 def _number(text: str, option: str, expected: str, *, off: bool) -> Any:

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from charter import __version__
 from charter.api.deadletters import dead_letter_routes
+from charter.api.lineage import lineage_routes
 from charter.api.metrics import metrics_routes
 from charter.api.ownership import ownership_routes
 from charter.api.problems import install_problem_handlers
@@ -75,6 +76,7 @@ def create_app(
     app.include_router(metrics_routes(hub))
     app.include_router(dead_letter_routes(hub, on_ingest))
     app.include_router(ownership_routes(hub, on_ingest))
+    app.include_router(lineage_routes(hub))
     limits = hub.ingest.limits
 
     @app.post("/v1/systems/{system}/events", status_code=202, tags=["ingest"])

@@ -16,7 +16,7 @@ from charter.governance.ownership import FieldGuard, FieldWriteRefused
 from charter.hub.parsing import CloudEvent
 from charter.mapping import CompiledMapping, compile_mapping
 from charter.schema import SchemaValidator
-from charter.store import FieldHold, FieldWrite, NewDelivery, NewEvent
+from charter.store import FieldHold, FieldWrite, NewDelivery, NewEvent, RecordKey
 
 # Hub event ids are derived from (system, CloudEvents id), so a resent event maps
 # to the same row and is stored once.
@@ -26,6 +26,20 @@ TIER_RANK = {Tier.REVENUE_CRITICAL: 0, Tier.OPERATIONAL: 1, Tier.INFORMATIONAL: 
 
 def event_id(system: str, ce_id: str) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{system}\x00{ce_id}"))
+
+
+def record_key(canonical: dict[str, Any], field: str) -> str | None:
+    """The value of the entity's key ``field`` in a canonical payload, as text; None if absent.
+
+    Text stays as it is; other values are their JSON (``123``, ``true``), so
+    ``charter lineage order/123`` finds a numeric key too.
+    """
+    value: Any = canonical
+    for part in field.split("."):
+        if not isinstance(value, dict) or value.get(part) is None:
+            return None
+        value = value[part]
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def delivery_key(event: str, integration: str) -> str:
@@ -73,6 +87,8 @@ class Route:
     targets: list[TargetRoute]
     # Who owns the canonical fields this integration's source writes.
     guard: FieldGuard
+    # The entity's key field, whose value names the canonical record (for lineage).
+    key_field: str
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,7 @@ class Router:
                 for t in i.targets
             ],
             guard=guard,
+            key_field=project.entities[(i.entity.name, i.entity.version)].key,
         )
 
     def check_system(self, system: str) -> None:
@@ -185,6 +202,7 @@ class Router:
         deliveries: list[NewDelivery] = []
         holds: list[FieldHold] = []
         writes: list[FieldWrite] = []
+        records: list[RecordKey] = []
         for r in route.routes:
             name = r.integration.name
             try:
@@ -213,6 +231,9 @@ class Router:
                     pointer=f"{at}/data",
                 )
             payload = orjson.dumps(canonical).decode()
+            key = record_key(canonical, r.key_field)
+            if key is not None:
+                records.append(RecordKey(r.integration.entity.name, key, name, r.ingress.key))
             deliveries.extend(
                 NewDelivery(
                     integration=name,
@@ -236,4 +257,5 @@ class Router:
             deliveries=deliveries,
             holds=holds,
             writes=writes,
+            records=records,
         )

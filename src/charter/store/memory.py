@@ -39,11 +39,13 @@ from charter.store.protocol import (
     Outcome,
     QuarantineStatus,
     Rearm,
+    RecordTrail,
     ReplayDelivery,
     ReplayResult,
     drift_notice,
     error_class,
     held_rows,
+    record_rows,
     released_payload,
     write_rows,
 )
@@ -74,6 +76,7 @@ class MemoryStore:
         self._drift: dict[tuple[str, ...], dict[str, Any]] = {}
         self._notices: list[dict[str, Any]] = []
         self._notice_seq = itertools.count(1)
+        self._records: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     # ingest
 
@@ -100,6 +103,8 @@ class MemoryStore:
                     ident = next(self._hold_seq)
                     self._holds[ident] = {"id": ident, **row}
                 self._add_writes([w for e in unique for w in e.writes], now)
+                for row in record_rows(unique, now):
+                    self._records.setdefault((row["entity"], row["key"]), []).append(row)
                 inserted = {e.id for e in unique}
                 counted: set[str] = set()
                 duplicates: list[str] = []
@@ -674,6 +679,32 @@ class MemoryStore:
             row["detail"] = orjson.loads(row["detail"])
         rows.sort(key=lambda r: r["id"], reverse=True)
         return rows[:limit]
+
+    # lineage
+
+    def record_trail(self, entity: str, key: str, limit: int = 1000) -> RecordTrail:
+        with self._lock:
+            found = self._records.get((entity, key), [])[:limit]
+            event_rows = [
+                {
+                    **self._events[r["event_id"]],
+                    "integration": r["integration"],
+                    "mapping": r["mapping"],
+                }
+                for r in found
+            ]
+            event_rows.sort(key=lambda row: row["seq"])
+            ids = {row["id"] for row in event_rows}
+            delivery_rows = [dict(d) for d in self._deliveries.values() if d["event_id"] in ids]
+            numbers = {d["id"] for d in delivery_rows}
+            attempt_rows = [dict(a) for n in sorted(numbers) for a in self._attempts.get(n, [])]
+            attempt_rows.sort(key=lambda row: row["id"])
+            action_rows = [
+                {**a, "details": orjson.loads(a["details"])}
+                for a in self._actions
+                if a["delivery_id"] in numbers
+            ]
+        return RecordTrail(event_rows, delivery_rows, attempt_rows, action_rows)
 
     def close(self) -> None:
         """Nothing to release; the data stays readable."""

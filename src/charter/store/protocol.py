@@ -51,6 +51,36 @@ class NewEvent:
     holds: list[FieldHold] = field(default_factory=list)
     # Decisions on writes of fields the source system does not own, counted on append.
     writes: list[FieldWrite] = field(default_factory=list)
+    # The canonical records the event maps to, indexed for lineage (``record_keys``).
+    records: list[RecordKey] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecordKey:
+    """The canonical record an integration mapped an event to: ``entity`` with key ``key``
+    (the value of the entity's key field, as text), by the ingress ``mapping`` (``name@version``).
+    """
+
+    entity: str
+    key: str
+    integration: str
+    mapping: str
+
+
+@dataclass(frozen=True)
+class RecordTrail:
+    """What the store holds about one canonical record, each list oldest first.
+
+    ``events`` are event rows with the ``integration`` and ingress ``mapping`` that
+    mapped them to the record (one row per event and integration); ``deliveries``
+    are the deliveries those events created; ``attempts`` and ``actions`` are the
+    attempts and operator actions on those deliveries (``details`` decoded).
+    """
+
+    events: list[dict[str, Any]]
+    deliveries: list[dict[str, Any]]
+    attempts: list[dict[str, Any]]
+    actions: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -136,6 +166,22 @@ def held_rows(appended: list[NewEvent], now: float) -> list[dict[str, Any]]:
         }
         for e in appended
         for h in e.holds
+    ]
+
+
+def record_rows(appended: list[NewEvent], now: float) -> list[dict[str, Any]]:
+    """The ``record_keys`` rows of appended events."""
+    return [
+        {
+            "entity": r.entity,
+            "key": r.key,
+            "event_id": e.id,
+            "integration": r.integration,
+            "mapping": r.mapping,
+            "received_at": now,
+        }
+        for e in appended
+        for r in e.records
     ]
 
 
@@ -518,6 +564,17 @@ class Store(Protocol):
 
     def list_notices(self, team: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Notices to teams newest first, ``detail`` decoded."""
+        ...
+
+    # lineage
+
+    def record_trail(self, entity: str, key: str, limit: int = 1000) -> RecordTrail:
+        """The events (at most ``limit``, oldest first) that mapped to the record ``entity``
+        with key ``key``, and their deliveries, attempts and actions.
+
+        Only events appended since migration 0008 are indexed by record; the trail
+        of a record whose events are older is empty.
+        """
         ...
 
     def close(self) -> None: ...

@@ -264,3 +264,17 @@ notices = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_notices_team", "team", "id"),
 )
+
+# The canonical records events map to, by entity and key value, for lineage (migration 0008).
+record_keys = Table(
+    "record_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("entity", String(64), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("integration", String(64), nullable=False),
+    Column("mapping", String(100), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Index("ix_record_keys_entity_key", "entity", "key"),
+)

@@ -56,10 +56,12 @@ from charter.store.protocol import (
     Outcome,
     QuarantineStatus,
     Rearm,
+    RecordTrail,
     ReplayDelivery,
     ReplayResult,
     drift_notice,
     held_rows,
+    record_rows,
     released_payload,
     write_rows,
 )
@@ -73,6 +75,7 @@ from charter.store.schema import (
     idempotency_keys,
     notices,
     quarantine,
+    record_keys,
 )
 
 # Rows per statement when a replay or a bulk redrive writes many deliveries.
@@ -297,6 +300,9 @@ class SqlStore:
                 for extension in self.append_extensions:
                     extension.after_append(conn, unique, now)
             self._append_governance(conn, appended, now)
+            records = record_rows(appended, now)
+            if records:
+                conn.execute(insert(record_keys), records)
             if self.is_postgres:
                 conn.execute(text("NOTIFY charter_deliveries"))
         return results
@@ -1036,6 +1042,60 @@ class SqlStore:
         for row in rows:
             row["detail"] = orjson.loads(row["detail"])
         return rows
+
+    # lineage
+
+    def record_trail(self, entity: str, key: str, limit: int = 1000) -> RecordTrail:
+        found = (
+            select(record_keys.c.event_id, record_keys.c.integration, record_keys.c.mapping)
+            .where(record_keys.c.entity == entity, record_keys.c.key == key)
+            .order_by(record_keys.c.id)
+            .limit(limit)
+            .subquery()
+        )
+        with self.engine.connect() as conn:
+            event_rows = [
+                _row(r._mapping)
+                for r in conn.execute(
+                    select(events, found.c.integration, found.c.mapping)
+                    .join(found, found.c.event_id == events.c.id)
+                    .order_by(events.c.seq)
+                )
+            ]
+            ids = sorted({row["id"] for row in event_rows})
+            delivery_rows: list[dict[str, Any]] = []
+            if ids:
+                delivery_rows = [
+                    _row(r._mapping)
+                    for r in conn.execute(
+                        select(deliveries)
+                        .where(deliveries.c.event_id.in_(ids))
+                        .order_by(deliveries.c.id)
+                    )
+                ]
+            numbers = [row["id"] for row in delivery_rows]
+            attempt_rows: list[dict[str, Any]] = []
+            action_rows: list[dict[str, Any]] = []
+            if numbers:
+                attempt_rows = [
+                    _row(r._mapping)
+                    for r in conn.execute(
+                        select(attempts)
+                        .where(attempts.c.delivery_id.in_(numbers))
+                        .order_by(attempts.c.id)
+                    )
+                ]
+                action_rows = [
+                    _row(r._mapping)
+                    for r in conn.execute(
+                        select(delivery_actions)
+                        .where(delivery_actions.c.delivery_id.in_(numbers))
+                        .order_by(delivery_actions.c.id)
+                    )
+                ]
+        for row in action_rows:
+            row["details"] = orjson.loads(row["details"])
+        return RecordTrail(event_rows, delivery_rows, attempt_rows, action_rows)
 
     def close(self) -> None:
         self.engine.dispose()
