@@ -54,8 +54,9 @@ def test_persistent_5xx_opens_the_breaker_probes_once_per_interval_and_drains_af
             20,
         )
         # Calls already on their way when it opened still arrive, and the other worker
-        # learns of it at its next sync (every 0.25 s): count from half a second on.
-        outage_started = time.time() + 0.5
+        # learns of it at its next sync (every 0.25 s, later on a loaded machine): count
+        # from a second on.
+        outage_started = time.time() + 1.0
         time.sleep(5.5)
         during = api.get("/v1/breakers").json()["breakers"]
         target.clear_faults()

@@ -108,3 +108,28 @@ def test_plans_count_changes_and_exit_codes_follow_them(tmp_path: Path) -> None:
 
     again = Plan.from_json(json.loads(json.dumps(narrowed.to_json())))
     assert (again.base_version, again.target.digest) == (1, narrowed.target.digest)
+
+
+def test_each_subject_is_judged_under_its_own_compatibility_mode(tmp_path: Path) -> None:
+    root = example(tmp_path, "order-to-cash")
+    applied = (1, capture(root))
+    crm = root / "systems" / "crm.yaml"
+    schema_file = root / "schemas" / "crm-deal-closed.json"
+    schema = json.loads(schema_file.read_text())
+    schema["properties"]["currency"]["enum"] = ["EUR", "USD"]  # narrowed
+    schema_file.write_text(json.dumps(schema))
+    [under_backward] = make_plan(capture(root), applied).schemas
+    assert (under_backward.mode, under_backward.compatible) == ("BACKWARD", False)
+
+    crm.write_text(
+        crm.read_text().replace("    key: id\n", "    key: id\n    compatibility: FORWARD\n")
+    )
+    [under_forward] = make_plan(capture(root), applied).schemas
+    # Data written with the narrower schema is still readable by consumers of the old one.
+    assert (under_forward.mode, under_forward.compatible) == ("FORWARD", True)
+
+    crm.write_text(crm.read_text().replace("compatibility: FORWARD", "compatibility: NONE"))
+    plan = make_plan(capture(root), applied)
+    [under_none] = plan.schemas
+    assert (under_none.mode, under_none.compatible) == ("NONE", True)
+    assert plan.exit_code == CHANGES

@@ -166,6 +166,18 @@ class Breaker(_Doc):
         return self
 
 
+class Compatibility(StrEnum):
+    """How a schema subject may change under one version (Confluent Schema Registry's modes)."""
+
+    BACKWARD = "BACKWARD"
+    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
+    FORWARD = "FORWARD"
+    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
+    FULL = "FULL"
+    FULL_TRANSITIVE = "FULL_TRANSITIVE"
+    NONE = "NONE"
+
+
 class EventType(_Doc):
     """An event a system emits: the JSON Schema of its payload and where its key is."""
 
@@ -173,6 +185,7 @@ class EventType(_Doc):
     version: int = Field(default=1, ge=1)
     key: str = "id"
     description: str = ""
+    compatibility: Compatibility = Compatibility.BACKWARD
 
 
 class System(_Doc):
@@ -216,6 +229,7 @@ class Entity(_Doc):
     system_of_record: Name
     schema_: dict[str, Any] | str = Field(alias="schema")
     fields: dict[str, EntityField] = Field(default_factory=dict)
+    compatibility: Compatibility = Compatibility.BACKWARD
 
 
 def _split_ref(value: Any) -> Any:

@@ -157,24 +157,30 @@ def _owner(obj: dict[str, Any] | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _subjects(project: Project) -> dict[str, tuple[int, dict[str, Any], dict[str, str]]]:
-    """Schema subjects: ``entity:name`` and ``event:system/type`` -> (version, schema, renames).
+def _subjects(project: Project) -> dict[str, tuple[int, dict[str, Any], dict[str, str], str]]:
+    """Schema subjects: ``entity:name`` and ``event:system/type`` -> (version, schema, renames,
+    compatibility mode).
 
     An entity's subject is its newest version in the project; renames come from the
     mappings that produce that version.
     """
-    found: dict[str, tuple[int, dict[str, Any], dict[str, str]]] = {}
+    found: dict[str, tuple[int, dict[str, Any], dict[str, str], str]] = {}
     for (name, version), entity in sorted(project.entities.items()):
         renames: dict[str, str] = {}
         for mapping in project.mappings.values():
             if mapping.target.entity == name and mapping.target.version == version:
                 renames |= dict(getattr(mapping, "renames", None) or {})
         assert isinstance(entity.schema_, dict)
-        found[f"entity:{name}"] = (version, entity.schema_, renames)
+        found[f"entity:{name}"] = (version, entity.schema_, renames, entity.compatibility.value)
     for name, system in project.systems.items():
         for event, spec in system.events.items():
             assert isinstance(spec.schema_, dict)
-            found[f"event:{name}/{event}"] = (spec.version, spec.schema_, {})
+            found[f"event:{name}/{event}"] = (
+                spec.version,
+                spec.schema_,
+                {},
+                spec.compatibility.value,
+            )
     return found
 
 
@@ -184,16 +190,19 @@ def _schema_checks(before: Project | None, after: Project) -> list[SchemaCheck]:
     old, new = _subjects(before), _subjects(after)
     checks: list[SchemaCheck] = []
     for subject in sorted(set(old) & set(new)):
-        (v0, s0, _), (v1, s1, renames) = old[subject], new[subject]
+        (v0, s0, _, _), (v1, s1, renames, declared) = old[subject], new[subject]
         if s0 == s1:
             continue
-        verdict = check(Mode.BACKWARD, s1, [s0], renames=renames or None)
+        # The subject's own mode, as the new version declares it; the applied version is the
+        # history a plan knows, so the transitive modes check against it too.
+        mode = Mode(declared)
+        verdict = check(mode, s1, [s0], renames=renames or None, versions=[v0])
         checks.append(
             SchemaCheck(
                 subject=subject,
                 before=f"v{v0}",
                 after=f"v{v1}",
-                mode=Mode.BACKWARD.value,
+                mode=mode.value,
                 compatible=verdict.compatible,
                 new_major=v1 > v0,
                 problems=[p.to_json() for p in verdict.problems],
