@@ -44,7 +44,7 @@ from charter.engine.messages import (
 )
 from charter.engine.persist import Planner
 from charter.engine.registry import Definitions, TaskHandler, is_async
-from charter.errors import ConnectorError, RateLimited
+from charter.errors import CharterError, ConnectorError, RateLimited
 from charter.store.processes import (
     Claim,
     InboxItem,
@@ -155,13 +155,27 @@ class ProcessRunner:
         for record in records:
             if record.id in self._held:
                 continue
-            try:
-                definition = self.definitions.get(record.process, record.version)
-            except Exception:
-                log.exception("instance %s cannot load its definition", record.id)
-                continue
-            held = self._held[record.id] = _Held(record, definition)
-            self._dispatch(held, redo=True)
+            held = self._hold(record)
+            if held is not None:
+                self._dispatch(held)
+
+    def _hold(self, record: InstanceRecord) -> _Held | None:
+        """Hold ``record`` with its definition; None (and an error in the log naming the
+        instance, the version and the fix) when that version can be found nowhere."""
+        try:
+            definition = self.definitions.get(record.process, record.version)
+        except (CharterError, ValueError) as exc:
+            log.error(
+                "instance %s stays leased until its lease runs out: process %s@%d cannot "
+                "be loaded: %s",
+                record.id,
+                record.process,
+                record.version,
+                exc,
+            )
+            return None
+        held = self._held[record.id] = _Held(record, definition)
+        return held
 
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -227,16 +241,10 @@ class ProcessRunner:
             claimed = Claim()
         results, self._results = self._results, []
         touched: dict[str, tuple[list[Event], list[int]]] = {}
-        fresh: set[str] = set()
         for record in claimed.instances:
-            try:
-                definition = self.definitions.get(record.process, record.version)
-            except Exception:
-                log.exception("instance %s cannot load its definition", record.id)
+            if self._hold(record) is None:
                 continue
-            self._held[record.id] = _Held(record, definition)
             touched[record.id] = ([], [])
-            fresh.add(record.id)
         for instance, items in claimed.inbox.items():
             if instance not in self._held:
                 continue
@@ -269,7 +277,7 @@ class ProcessRunner:
             ):
                 # Freshly claimed with calls outstanding and nothing new: the claim already
                 # holds it and keeps it due, so there is nothing to commit before the calls.
-                self._dispatch(held, redo=True)
+                self._dispatch(held)
                 continue
             transition = self._apply(held, events, now)
             writes.append(
@@ -292,7 +300,7 @@ class ProcessRunner:
             if not write.keep_lease:
                 self._held.pop(instance, None)
                 continue
-            self._dispatch(held, redo=instance in fresh)
+            self._dispatch(held)
         return True
 
     def _apply(self, held: _Held, events: list[Event], now: float) -> Transition:
@@ -310,7 +318,7 @@ class ProcessRunner:
         combined.state = state
         return combined
 
-    def _dispatch(self, held: _Held, redo: bool) -> None:
+    def _dispatch(self, held: _Held) -> None:
         """Start the calls and tasks the state has outstanding and not already in flight."""
         for command in machine.outstanding(held.definition, held.record.state):
             assert isinstance(command, Call | RunTask)

@@ -211,7 +211,7 @@ def _schema_checks(before: Project | None, after: Project) -> list[SchemaCheck]:
     return checks
 
 
-def _starts(change: Change, before: Project | None, after: Project) -> list[str]:
+def _starts(change: Change) -> list[str]:
     """The graph nodes a change starts from."""
     kind, _, name = change.object.partition("/")
     bare = name.split("@", 1)[0]
@@ -282,11 +282,11 @@ def make_plan(
     for change in changes:
         if change.action == "delete":
             continue
-        starts += [s for s in _starts(change, before, after) if s in graph]
+        starts += [s for s in _starts(change) if s in graph]
     # A deleted object's dependants are found in the graph it was part of.
     affected = graph.impact(sorted(set(starts)))
     # A deleted object's dependants are found in the graph it was part of.
-    gone = [s for c in changes if c.action == "delete" for s in _starts(c, before, after)]
+    gone = [s for c in changes if c.action == "delete" for s in _starts(c)]
     known = {a.node for a in affected}
     affected += [a for a in impact.build(before).impact(gone) if a.node not in known]
     assert applied is not None
