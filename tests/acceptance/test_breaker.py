@@ -21,12 +21,6 @@ OPEN_FOR = 1.0
 MAX_ATTEMPTS = 6
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, intermittent: with two workers, a burst of about 40 calls can reach "
-    "the target at the first half-open after the breaker opened (a worker's parked deliveries "
-    "all return when open_for ends); the other assertions hold",
-)
 def test_persistent_5xx_opens_the_breaker_probes_once_per_interval_and_drains_after(
     tmp_path: Path, pg_url: str
 ) -> None:

@@ -4,11 +4,12 @@ breaker as middleware in front of a connector, sharing its state between two wor
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from charter.catalog import load_project
-from charter.catalog.model import Breaker, Tier
+from charter.catalog.model import Breaker, Quota, Tier
 from charter.connectors import TargetRequest, TargetResponse
 from charter.delivery.breaker import (
     BreakerPolicy,
@@ -22,6 +23,7 @@ from charter.delivery.breaker import (
 from charter.delivery.guard import Deferred, Resilience
 from charter.delivery.shared import LocalState
 from charter.errors import TargetRejected, TargetUnavailable
+from charter.store.resilience import BreakerKey
 
 T0 = 1_700_000_000.0
 POLICY = BreakerPolicy(failures=3, error_rate=0.5, min_calls=10, window=10, open_for=5)
@@ -207,5 +209,66 @@ def test_a_rejection_is_not_a_failure_of_the_system(project_dir: object) -> None
         await asyncio.sleep(0.01)
         assert target.calls == 5
         assert all(r.state is BreakerState.CLOSED for r in shared.records.values())
+
+    asyncio.run(scenario())
+
+
+def test_per_endpoint_breakers_open_for_the_failing_endpoint_only(project_dir: object) -> None:
+    async def scenario() -> None:
+        project = load_project(project_dir)  # type: ignore[arg-type]
+        project.systems["erp"] = project.systems["erp"].model_copy(
+            update={"breaker": Breaker(failures=2, open_for=60, per_endpoint=True), "quota": None}
+        )
+
+        class OneEndpointDown(Flaky):
+            async def call(self, request: TargetRequest) -> TargetResponse:
+                self.calls += 1
+                if request.path == "/orders":
+                    raise TargetUnavailable("erp answered 503", status_code=503)
+                return TargetResponse(201, b"{}")
+
+        shared = LocalState()
+        target = OneEndpointDown()
+        guarded = Resilience(project, shared, "w1").guard({"erp": target})["erp"]
+        invoices = TargetRequest("POST", "/invoices", b"{}", "i", tier=Tier.OPERATIONAL, flow="f")
+        for _ in range(2):
+            with pytest.raises(TargetUnavailable):
+                await guarded.call(request())
+        await asyncio.sleep(0.01)  # the sync the second failure started
+        states = {str(key): record.state for key, record in shared.records.items()}
+        assert states == {"erp POST /orders": BreakerState.OPEN}
+        with pytest.raises(Deferred):
+            await guarded.call(request())
+        # The other endpoint of the same system keeps flowing.
+        assert (await guarded.call(invoices)).status_code == 201
+        assert target.calls == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_call_admitted_before_it_opened_does_not_go_out_after_waiting_for_quota(
+    project_dir: object,
+) -> None:
+    async def scenario() -> None:
+        project = load_project(project_dir)  # type: ignore[arg-type]
+        project.systems["erp"] = project.systems["erp"].model_copy(
+            update={
+                "breaker": Breaker(failures=3, open_for=60),
+                "quota": Quota(rate_per_s=2, burst=1),
+            }
+        )
+        shared = LocalState()
+        target = Flaky()
+        target.down = False
+        guarded = Resilience(project, shared, "w1").guard({"erp": target})["erp"]
+        assert (await guarded.call(request())).status_code == 201
+        # The burst is spent: the next call is admitted by the closed breaker, then waits
+        # about half a second for a token. Another worker opens the breaker meanwhile.
+        waiting = asyncio.create_task(guarded.call(request()))
+        await asyncio.sleep(0.05)
+        shared.records[BreakerKey("erp")] = opened(time.time())
+        with pytest.raises(Deferred):
+            await waiting
+        assert target.calls == 1
 
     asyncio.run(scenario())

@@ -5,6 +5,7 @@
     breaker admits it (closed; or it is the one half-open probe)  -- else Deferred
     -> quota budget grants a token and a concurrency slot by the request's tier
        (waits; Deferred when paused or out of daily quota for long)
+    -> breaker admits it again, as the wait may have outlasted its state -- else Deferred
     -> the connector's call
     -> the outcome feeds the breaker; a 429's Retry-After pauses the system for all
 
@@ -49,13 +50,15 @@ class Deferred(ConnectorError):
     """The call was not made: the breaker is open, or the system's quota is paused or spent.
 
     Put the work back until ``until`` (epoch seconds) without counting an attempt.
+    ``kind`` says what held it back: ``"breaker"`` (an open breaker) or ``"quota"``.
     """
 
     retryable = True
 
-    def __init__(self, detail: str, *, until: float) -> None:
+    def __init__(self, detail: str, *, until: float, kind: str = "quota") -> None:
         super().__init__(detail, error_class="deferred")
         self.until = until
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ class CircuitBreaker:
             f"the circuit breaker of {self.key} is {record.state.value} "
             f"({record.last_error or 'failures'}); waiting without an attempt",
             until=until,
+            kind="breaker",
         )
 
     def success(self) -> None:
@@ -187,6 +191,11 @@ class GuardedConnector:
             else:
                 try:
                     async with budget.take(request.tier, request.flow):
+                        if breaker is not None and not probe:
+                            # The wait for quota may have been long: the breaker may
+                            # have opened meanwhile, and a call admitted before must
+                            # not go out now (it may become the probe instead).
+                            probe = await breaker.admit(request.tier)
                         response = await self._send(request)
                 except QuotaWait as wait:
                     until = wait.until + TIER_STAGGER[request.tier]

@@ -145,12 +145,12 @@ def refill(state: BucketState, policy: QuotaPolicy, now: float) -> BucketState:
     )
 
 
-def _below_share(state: BucketState, policy: QuotaPolicy, tier: Tier) -> bool:
+def _below(served: Mapping[str, float], total: float, policy: QuotaPolicy, tier: Tier) -> bool:
+    """Is ``tier``'s share of ``served`` (which adds up to ``total``) below its minimum?"""
     minimum = policy.shares.get(tier, 0.0)
     if minimum <= 0:
         return False
-    total = sum(state.served.values())
-    return total <= 0 or state.served.get(tier.value, 0.0) / total < minimum
+    return total <= 0 or served.get(tier.value, 0.0) / total < minimum
 
 
 def allocate(
@@ -188,21 +188,21 @@ def allocate(
             exhausted_until = next_utc_midnight(now)
         available = min(available, max(0, remaining))
     granted = 0
+    total = sum(served.values())
+    # Tiers waiting at another worker (hungry, not asked for here), in priority order.
+    elsewhere = [h for h in TIERS if hungry.get(h.value, 0.0) > now and not demand.get(h, 0)]
     while granted < available:
         wanting = [t for t in TIERS if left[t] > 0]
         if not wanting:
             break
-        probe = replace(state, served=served)
-        chosen = next((t for t in wanting if _below_share(probe, policy, t)), None)
+        chosen = next((t for t in wanting if _below(served, total, policy, t)), None)
         if chosen is None:
             top = wanting[0]
-            # Waiting at another worker (hungry, not asked for here): a higher tier, or
-            # any tier below its minimum share. Leave the token to them.
+            # Waiting elsewhere: a higher tier, or any tier below its minimum share.
+            # Leave the token to them.
             blocked = any(
-                hungry.get(h.value, 0.0) > now
-                and not demand.get(h, 0)
-                and (TIERS.index(h) < TIERS.index(top) or _below_share(probe, policy, h))
-                for h in TIERS
+                TIERS.index(h) < TIERS.index(top) or _below(served, total, policy, h)
+                for h in elsewhere
             )
             if blocked:
                 break
@@ -210,6 +210,7 @@ def allocate(
         left[chosen] -= 1
         grants[chosen] += 1
         served[chosen.value] = served.get(chosen.value, 0.0) + 1
+        total += 1
         granted += 1
     tokens -= granted
     for tier in TIERS:
