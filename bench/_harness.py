@@ -1,4 +1,5 @@
-"""What the benchmarks share: consoles, fresh databases, the starter project, resource sampling."""
+"""What the benchmarks share: consoles, fresh databases, the starter project, resource sampling,
+figure tables and the JSON report line."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import argparse
 import asyncio
 import contextlib
 import importlib.resources
+import json
 import os
 import shutil
+import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +27,7 @@ import psycopg
 import uvloop
 from psycopg import sql
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from _load import ProtocolError
@@ -168,3 +172,83 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure a bench reports: its key in the JSON report, its label and unit in the table."""
+
+    key: str
+    label: str
+    unit: str
+    digits: int = 0
+
+
+def summarise(
+    kind: str, figures: Sequence[Figure], targets: Iterable[Target], runs: list[dict[str, float]]
+) -> dict[str, Any]:
+    """Medians of each figure over ``runs``, whether each target is met, and the runs."""
+    medians = {f.key: statistics.median(run[f.key] for run in runs) for f in figures}
+    return with_verdicts(kind, targets, medians, runs)
+
+
+def with_verdicts(
+    kind: str,
+    targets: Iterable[Target],
+    figures: Mapping[str, float],
+    runs: list[dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """``figures`` rounded, with ``met`` per target of ``kind`` (and the runs, if several)."""
+    met = {t.key: t.met(figures[t.key]) for t in targets if kind in t.kinds}
+    summary: dict[str, Any] = {k: round(v, 3) for k, v in figures.items()} | {"met": met}
+    if runs is not None:
+        summary["runs"] = [{k: round(v, 3) for k, v in run.items()} for run in runs]
+    return summary
+
+
+def figures_table(
+    title: str, kind: str, figures: Sequence[Figure], targets: Iterable[Target], summary: Any
+) -> Table:
+    """The figures of one database kind, with min .. max when there were several runs."""
+    runs = summary.get("runs") or []
+    spread = len(runs) > 1
+    grid = Table(title=title, title_justify="left")
+    grid.add_column("figure")
+    grid.add_column("value", justify="right")
+    grid.add_column("unit")
+    if spread:
+        grid.add_column("min .. max", justify="right")
+    grid.add_column("target", justify="right")
+    grid.add_column("met")
+    by_key = {t.key: t for t in targets if kind in t.kinds}
+    for figure in figures:
+        cells = [figure.label, f"{summary[figure.key]:,.{figure.digits}f}", figure.unit]
+        if spread:
+            values = [run[figure.key] for run in runs]
+            cells.append(f"{min(values):,.{figure.digits}f} .. {max(values):,.{figure.digits}f}")
+        target = by_key.get(figure.key)
+        if target is None:
+            cells += ["", ""]
+        else:
+            met = summary["met"][figure.key]
+            cells += [str(target), "[green]yes[/]" if met else "[red]no[/]"]
+        grid.add_row(*cells)
+    return grid
+
+
+def postgres_missing(kinds: Iterable[str]) -> bool:
+    """True (and says why on stderr) when PostgreSQL is asked for and not reachable."""
+    if "postgresql" in kinds and (problem := check_postgres()) is not None:
+        err.print(f"[red]bench failed:[/] {problem}")
+        return True
+    return False
+
+
+def report_line(
+    head: Mapping[str, Any], targets: Iterable[Target], summaries: Mapping[str, Any]
+) -> None:
+    """The last line of stdout: one JSON object of ``head``, the targets and the summaries."""
+    targets_json = {t.key: {"target": str(t), "kinds": list(t.kinds)} for t in targets}
+    report = {**head, "targets": targets_json, **summaries}
+    sys.stdout.flush()
+    print(json.dumps(report, ensure_ascii=False), flush=True)

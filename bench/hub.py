@@ -43,9 +43,7 @@ overrides the PostgreSQL admin URL (default postgresql://postgres@127.0.0.1:5432
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -55,23 +53,26 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.table import Table
 from sqlalchemy import insert
 
 from _harness import (
     KINDS,
     RUN_FAILURES,
     BenchFailed,
+    Figure,
     RssSampler,
     Target,
-    check_postgres,
     copy_starter,
     err,
+    figures_table,
     fresh_database,
     out,
     positive,
+    postgres_missing,
     progress,
+    report_line,
     run_async,
+    summarise,
 )
 from _load import LoadResult, build_request, percentile, run_load
 from charter.catalog import load_project
@@ -107,14 +108,6 @@ class Sizes:
 # Quick stays under a minute for both databases even when the machine is busy.
 QUICK = Sizes(batched=4_000, single=1_500, latency_seconds=4.0)
 FULL = Sizes(batched=50_000, single=10_000, latency_seconds=10.0)
-
-
-@dataclass(frozen=True)
-class Figure:
-    key: str
-    label: str
-    unit: str
-    digits: int = 0
 
 
 FIGURES = [
@@ -438,40 +431,6 @@ def measure(
 # Report
 
 
-def summarise(kind: str, runs: list[dict[str, float]]) -> dict[str, Any]:
-    medians = {f.key: statistics.median(run[f.key] for run in runs) for f in FIGURES}
-    met = {t.key: t.met(medians[t.key]) for t in TARGETS if kind in t.kinds}
-    rounded = [{k: round(v, 3) for k, v in run.items()} for run in runs]
-    return {k: round(v, 3) for k, v in medians.items()} | {"met": met, "runs": rounded}
-
-
-def table(kind: str, summary: dict[str, Any], runs: int) -> Table:
-    title = f"Charter hub on {kind}" + (f" (median of {runs} runs)" if runs > 1 else "")
-    grid = Table(title=title, title_justify="left")
-    grid.add_column("figure")
-    grid.add_column("value", justify="right")
-    grid.add_column("unit")
-    if runs > 1:
-        grid.add_column("min .. max", justify="right")
-    grid.add_column("target", justify="right")
-    grid.add_column("met")
-    targets = {t.key: t for t in TARGETS if kind in t.kinds}
-    for figure in FIGURES:
-        value = summary[figure.key]
-        cells = [figure.label, f"{value:,.{figure.digits}f}", figure.unit]
-        if runs > 1:
-            values = [run[figure.key] for run in summary["runs"]]
-            cells.append(f"{min(values):,.{figure.digits}f} .. {max(values):,.{figure.digits}f}")
-        target = targets.get(figure.key)
-        if target is None:
-            cells += ["", ""]
-        else:
-            met = summary["met"][figure.key]
-            cells += [str(target), "[green]yes[/]" if met else "[red]no[/]"]
-        grid.add_row(*cells)
-    return grid
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes; under a minute")
@@ -492,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_seconds=args.seconds or base.latency_seconds,
     )
     kinds = KINDS if args.db == "both" else (args.db,)
-    if "postgresql" in kinds and (problem := check_postgres()) is not None:
-        err.print(f"[red]bench failed:[/] {problem}")
+    if postgres_missing(kinds):
         return 1
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     started = time.monotonic()
@@ -510,11 +468,14 @@ def main(argv: list[str] | None = None) -> int:
     except RUN_FAILURES as exc:
         err.print(f"[red]bench failed:[/] {exc}")
         return 1
-    summaries = {kind: summarise(kind, runs) for kind, runs in results.items()}
+    summaries = {kind: summarise(kind, FIGURES, TARGETS, runs) for kind, runs in results.items()}
     for kind, summary in summaries.items():
-        out.print(table(kind, summary, args.runs))
+        title = f"Charter hub on {kind}"
+        if args.runs > 1:
+            title += f" (median of {args.runs} runs)"
+        out.print(figures_table(title, kind, FIGURES, TARGETS, summary))
     err.print(f"took {time.monotonic() - started:.1f} s")
-    report = {
+    head = {
         "quick": args.quick,
         "runs": args.runs,
         "sizes": {
@@ -523,11 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             "latency_seconds": sizes.latency_seconds,
             "offered_rate": OFFERED_RATE,
         },
-        "targets": {t.key: {"target": str(t), "kinds": list(t.kinds)} for t in TARGETS},
-        **summaries,
     }
-    sys.stdout.flush()
-    print(json.dumps(report, ensure_ascii=False), flush=True)
+    report_line(head, TARGETS, summaries)
     return 0
 
 

@@ -32,7 +32,6 @@ could not complete.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -43,21 +42,24 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.table import Table
 from sqlalchemy import select
 
 from _harness import (
     KINDS,
     RUN_FAILURES,
     BenchFailed,
+    Figure,
     Target,
-    check_postgres,
     copy_starter,
     err,
+    figures_table,
     fresh_database,
     out,
     positive,
+    postgres_missing,
     progress,
+    report_line,
+    with_verdicts,
 )
 from charter.catalog import Project, load_project
 from charter.governance.lineage import lineage
@@ -83,12 +85,12 @@ FULL_LOOKUPS = 200
 QUICK_LOOKUPS = 100
 TARGETS = [Target("lineage_p99_ms", False, 200.0)]
 FIGURES = [
-    ("lineage_p50_ms", "lineage() median", "ms", 2),
-    ("lineage_p99_ms", "lineage() p99", "ms", 2),
-    ("baseline_p50_ms", "bare record_keys SELECT median", "ms", 3),
-    ("baseline_p99_ms", "bare record_keys SELECT p99", "ms", 3),
-    ("ratio_vs_baseline", "lineage / baseline (medians)", "x", 1),
-    ("load_s", "append + deliver all events", "s", 1),
+    Figure("lineage_p50_ms", "lineage() median", "ms", 2),
+    Figure("lineage_p99_ms", "lineage() p99", "ms", 2),
+    Figure("baseline_p50_ms", "bare record_keys SELECT median", "ms", 3),
+    Figure("baseline_p99_ms", "bare record_keys SELECT p99", "ms", 3),
+    Figure("ratio_vs_baseline", "lineage / baseline (medians)", "x", 1),
+    Figure("load_s", "append + deliver all events", "s", 1),
 ]
 
 
@@ -211,28 +213,7 @@ def measure(kind: str, folder: Path, project: Project, events: int, lookups: int
         "load_s": load_s,
     }
     figures["ratio_vs_baseline"] = figures["lineage_p50_ms"] / figures["baseline_p50_ms"]
-    met = {t.key: t.met(figures[t.key]) for t in TARGETS if kind in t.kinds}
-    return {k: round(v, 3) for k, v in figures.items()} | {"met": met}
-
-
-def table(kind: str, summary: dict[str, Any], events: int, lookups: int) -> Table:
-    grid = Table(
-        title=f"Lineage lookups on {kind}: {events:,} events stored, {lookups} lookups",
-        title_justify="left",
-    )
-    for column in ("figure", "value", "unit", "target", "met"):
-        grid.add_column(column, justify="right" if column == "value" else "left")
-    targets = {t.key: t for t in TARGETS}
-    for key, label, unit, digits in FIGURES:
-        target = targets.get(key)
-        grid.add_row(
-            label,
-            f"{summary[key]:,.{digits}f}",
-            unit,
-            str(target) if target else "",
-            ("[green]yes[/]" if summary["met"][key] else "[red]no[/]") if target else "",
-        )
-    return grid
+    return with_verdicts(kind, TARGETS, figures)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -249,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     lookups = args.lookups or (QUICK_LOOKUPS if args.quick else FULL_LOOKUPS)
     kinds = KINDS if args.db == "both" else (args.db,)
-    if "postgresql" in kinds and (problem := check_postgres()) is not None:
-        err.print(f"[red]bench failed:[/] {problem}")
+    if postgres_missing(kinds):
         return 1
     started = time.monotonic()
     summaries: dict[str, dict[str, Any]] = {}
@@ -265,17 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]bench failed:[/] {exc}")
         return 1
     for kind, summary in summaries.items():
-        out.print(table(kind, summary, events, lookups))
+        title = f"Lineage lookups on {kind}: {events:,} events stored, {lookups} lookups"
+        out.print(figures_table(title, kind, FIGURES, TARGETS, summary))
     err.print(f"took {time.monotonic() - started:.1f} s")
-    report = {
-        "quick": args.quick,
-        "events": events,
-        "lookups": lookups,
-        "targets": {t.key: {"target": str(t), "kinds": list(t.kinds)} for t in TARGETS},
-        **summaries,
-    }
-    sys.stdout.flush()
-    print(json.dumps(report, ensure_ascii=False), flush=True)
+    report_line({"quick": args.quick, "events": events, "lookups": lookups}, TARGETS, summaries)
     return 0
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -49,21 +48,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from _harness import (
     KINDS,
     RUN_FAILURES,
     BenchFailed,
+    Figure,
     Target,
-    check_postgres,
     copy_starter,
     err,
+    figures_table,
     fresh_database,
     out,
     positive,
+    postgres_missing,
     progress,
+    report_line,
     run_async,
+    with_verdicts,
 )
 from _load import build_request, run_load
 from charter.catalog import Project, load_project
@@ -94,11 +95,11 @@ VARIANTS = {
 }
 TARGETS = [Target("overhead_pct", False, 10.0), Target("cost_pct", False, 10.0)]
 FIGURES = [
-    ("on_eps", "delivered, quota + breaker on", "events/s", 0),
-    ("off_eps", "delivered, middleware off", "events/s", 0),
-    ("overhead_pct", "overhead (1 - on/off)", "%", 1),
-    ("middleware_us", "middleware alone, per call", "µs", 1),
-    ("cost_pct", "middleware / delivery time off", "%", 1),
+    Figure("on_eps", "delivered, quota + breaker on", "events/s"),
+    Figure("off_eps", "delivered, middleware off", "events/s"),
+    Figure("overhead_pct", "overhead (1 - on/off)", "%", 1),
+    Figure("middleware_us", "middleware alone, per call", "µs", 1),
+    Figure("cost_pct", "middleware / delivery time off", "%", 1),
 ]
 
 
@@ -239,35 +240,12 @@ def measure(
     return figures
 
 
-def summarise(runs: list[dict[str, float]]) -> dict[str, Any]:
-    medians = {key: statistics.median(run[key] for run in runs) for key, *_ in FIGURES}
-    # The overhead of the medians, not the median of the overheads: one figure each.
+def summarise(kind: str, runs: list[dict[str, float]]) -> dict[str, Any]:
+    medians = {f.key: statistics.median(run[f.key] for run in runs) for f in FIGURES}
+    # The ratios of the medians, not the medians of the ratios: one figure each.
     medians["overhead_pct"] = (1 - medians["on_eps"] / medians["off_eps"]) * 100
     medians["cost_pct"] = medians["middleware_us"] * medians["off_eps"] / 1e6 * 100
-    met = {t.key: t.met(medians[t.key]) for t in TARGETS}
-    rounded = [{k: round(v, 3) for k, v in run.items()} for run in runs]
-    return {k: round(v, 3) for k, v in medians.items()} | {"met": met, "runs": rounded}
-
-
-def table(kind: str, summary: dict[str, Any], runs: int) -> Table:
-    grid = Table(
-        title=f"Resilience middleware on {kind} (median of {runs} runs)", title_justify="left"
-    )
-    for column in ("figure", "value", "unit", "min .. max", "target", "met"):
-        grid.add_column(column, justify="right" if column in ("value", "min .. max") else "left")
-    targets = {t.key: t for t in TARGETS}
-    for key, label, unit, digits in FIGURES:
-        values = [run[key] for run in summary["runs"]]
-        target = targets.get(key)
-        grid.add_row(
-            label,
-            f"{summary[key]:,.{digits}f}",
-            unit,
-            f"{min(values):,.{digits}f} .. {max(values):,.{digits}f}",
-            str(target) if target else "",
-            ("[green]yes[/]" if summary["met"][key] else "[red]no[/]") if target else "",
-        )
-    return grid
+    return with_verdicts(kind, TARGETS, medians, runs)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -284,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     runs = args.runs or (QUICK_RUNS if args.quick else FULL_RUNS)
     kinds = KINDS if args.db == "both" else (args.db,)
-    if "postgresql" in kinds and (problem := check_postgres()) is not None:
-        err.print(f"[red]bench failed:[/] {problem}")
+    if postgres_missing(kinds):
         return 1
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     started = time.monotonic()
@@ -301,19 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     except RUN_FAILURES as exc:
         err.print(f"[red]bench failed:[/] {exc}")
         return 1
-    summaries = {kind: summarise(kind_runs) for kind, kind_runs in results.items()}
+    summaries = {kind: summarise(kind, kind_runs) for kind, kind_runs in results.items()}
     for kind, summary in summaries.items():
-        out.print(table(kind, summary, runs))
+        title = f"Resilience middleware on {kind} (median of {runs} runs)"
+        out.print(figures_table(title, kind, FIGURES, TARGETS, summary))
     err.print(f"took {time.monotonic() - started:.1f} s")
-    report = {
-        "quick": args.quick,
-        "runs": runs,
-        "events": events,
-        "targets": {t.key: {"target": str(t), "kinds": list(t.kinds)} for t in TARGETS},
-        **summaries,
-    }
-    sys.stdout.flush()
-    print(json.dumps(report, ensure_ascii=False), flush=True)
+    report_line({"quick": args.quick, "runs": runs, "events": events}, TARGETS, summaries)
     return 0
 
 
