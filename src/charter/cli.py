@@ -326,7 +326,8 @@ def deliveries(
         table.add_row(
             str(r["id"]),
             r["integration"],
-            r["target"],
+            # A fallback took it while the target's breaker was open.
+            f"{r['target']} -> {r['fallback']}" if r.get("fallback") else r["target"],
             r["status"],
             str(r["attempts"]),
             str(r["last_status"] or ""),

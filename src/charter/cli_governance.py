@@ -18,16 +18,40 @@ from charter.cli_common import fail as _fail
 from charter.errors import CharterError
 
 if TYPE_CHECKING:
+    from charter.governance.approvals import Signoff
     from charter.governance.plan import Plan
     from charter.governance.service import Governance
     from charter.runtime import Hub
 
 ByOption = Annotated[str | None, typer.Option("--by", help="Who does this (kept in history).")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in history).")]
+ApprovedByOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--approved-by",
+        metavar="TEAM",
+        help="A team that approved the change (repeat for each); kept in history. "
+        "Charter checks the team exists, not who you are.",
+    ),
+]
+SkipApprovalsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--skip-approvals",
+        metavar="REASON",
+        help="Go ahead without the approvals still missing, for this reason (kept in history).",
+    ),
+]
 
 
 def _by(value: str | None) -> str:
     return value or default_by()
+
+
+def _signoff(approved_by: list[str] | None, skip_reason: str | None) -> Signoff:
+    from charter.governance.approvals import Signoff
+
+    return Signoff.of(approved_by or (), skip_reason)
 
 
 @contextmanager
@@ -86,8 +110,11 @@ def show_plan(plan: Plan) -> None:
                 else "[yellow]breaking, new major version[/]"
             )
             rows = s.problems or [{}]
+            versions = f"{s.before} → {s.after}"
+            if len(s.against) > 1:
+                versions += " (against " + ", ".join(f"v{v}" for v in s.against) + ")"
             for n, p in enumerate(rows):
-                first = (s.subject, f"{s.before} → {s.after}", s.mode, verdict)
+                first = (s.subject, versions, s.mode, verdict)
                 cells = first if n == 0 else ("", "", "", "")
                 schemas.add_row(*cells, p.get("rule", ""), p.get("path", ""), p.get("fix", ""))
         out.print(schemas)
@@ -145,8 +172,11 @@ def apply(
     project: ProjectOption = Path("."),
     database: DatabaseOption = None,
     by: ByOption = None,
+    approved_by: ApprovedByOption = None,
+    skip_approvals: SkipApprovalsOption = None,
 ) -> None:
-    """Apply exactly the changes of PLAN_FILE; refused when the applied state changed since."""
+    """Apply exactly the changes of PLAN_FILE; refused when the applied state changed since,
+    or when a team the plan asks to approve is not named with --approved-by."""
     from charter.governance.plan import Plan
 
     try:
@@ -160,25 +190,35 @@ def apply(
             made = Plan.from_json(data)
         except CharterError as exc:
             raise _fail(f"{plan_file}: {exc}") from exc
-        version, applied = governance.apply(made, _by(by), reason)
+        version, applied = governance.apply(
+            made, _by(by), reason, _signoff(approved_by, skip_approvals)
+        )
     show_plan(applied)
     out.print(f"Applied as catalog version {version}. Restart Charter's processes to run it.")
+    _skipped(applied, approved_by)
 
 
 def history(
     project: ProjectOption = Path("."),
     database: DatabaseOption = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Applied catalog versions, newest first: who, when, why, what changed."""
+    """Applied catalog versions, newest first: who, when, why, what changed, who approved."""
+    from charter.governance.approvals import describe
+
     with _governance(project, database) as (_, governance):
         versions = governance.history(limit)
+    if as_json:
+        print(json.dumps({"versions": [v.to_json() for v in versions]}, indent=2))
+        return
     if not versions:
         out.print("Nothing applied yet: Charter runs the project folder as it is.")
         return
     table = Table(title="Applied catalog versions", title_justify="left")
-    for column in ("version", "applied", "by", "action", "changes", "reason", "digest"):
+    for column in ("version", "applied", "by", "action", "changes", "reason", "approvals"):
         table.add_column(column)
+    table.add_column("digest")
     for v in versions:
         s = v.summary
         counts = f"+{s.get('create', 0)} ~{s.get('update', 0)} -{s.get('delete', 0)}"
@@ -191,6 +231,7 @@ def history(
             v.action,
             counts,
             v.reason,
+            describe(v.approvals),
             v.digest.removeprefix("sha256:")[:12],
         )
     out.print(table)
@@ -204,12 +245,24 @@ def rollback(
     project: ProjectOption = Path("."),
     database: DatabaseOption = None,
     by: ByOption = None,
+    approved_by: ApprovedByOption = None,
+    skip_approvals: SkipApprovalsOption = None,
 ) -> None:
-    """Make the applied catalog what VERSION was, as a new version."""
+    """Make the applied catalog what VERSION was, as a new version; the approvals its plan
+    asks for are required as for 'charter apply'."""
     with _governance(project, database) as (_, governance):
-        new, made = governance.rollback(version, _by(by), reason)
+        new, made = governance.rollback(
+            version, _by(by), reason, _signoff(approved_by, skip_approvals)
+        )
     show_plan(made)
     out.print(f"Rolled back as catalog version {new}. Restart Charter's processes to run it.")
+    _skipped(made, approved_by)
+
+
+def _skipped(made: Plan, approved_by: list[str] | None) -> None:
+    missing = [t for t in made.approving_teams if t not in (approved_by or [])]
+    if missing:
+        out.print(f"[yellow]Applied without the approval of {', '.join(missing)}[/] (recorded).")
 
 
 def impact(

@@ -200,15 +200,23 @@ def notices(
     project: ProjectOption = Path("."),
     database: DatabaseOption = None,
 ) -> None:
-    """What the hub told teams (drift detected), newest first."""
+    """What the hub told teams (drift detected), newest first, with the id of the CloudEvent
+    that logged each notice in the hub's event log (GET /v1/events/ID shows it)."""
     with _hub(project, database) as hub:
         rows = hub.store.list_notices(team, limit)
     if as_json:
         _print_json(rows)
         return
     table = Table(title=f"{len(rows)} notice(s)")
-    for column in ("id", "at", "team", "kind", "subject"):
+    for column in ("id", "at", "team", "kind", "subject", "event"):
         table.add_column(column)
     for r in rows:
-        table.add_row(str(r["id"]), _when(r["created_at"]), r["team"], r["kind"], r["subject"])
+        table.add_row(
+            str(r["id"]),
+            _when(r["created_at"]),
+            r["team"],
+            r["kind"],
+            r["subject"],
+            r["event_id"] or "-",
+        )
     out.print(table)

@@ -108,7 +108,28 @@ def test_a_crm_switched_to_a_new_deal_version_is_reported_and_nothing_unmapped_i
             "crm deal.closed: unknown_field channel",
             "crm deal.closed: unmapped_value stage = 'closed_won_partner'",
         ]
-        assert "unmapped_value" in charter("notices", "--team", "sales-ops", project=project)
+        listed_notices = charter("notices", "--team", "sales-ops", project=project)
+        assert "unmapped_value" in listed_notices
+
+        # Each notice is also a CloudEvent in the hub's event log, shown with the notice.
+        for notice in notices:
+            cloud = notice["event"]
+            assert (cloud["specversion"], cloud["type"], cloud["source"]) == (
+                "1.0",
+                "charter.drift.detected",
+                "charter://hub/governance",
+            )
+            assert cloud["id"] == notice["event_id"] and cloud["id"] in listed_notices
+            assert cloud["subject"] == f"crm/deal.closed/{notice['detail']['field']}"
+            assert cloud["data"] == notice["detail"]
+            logged = hub.client.get(f"/v1/events/{notice['event_id']}")
+            assert logged.status_code == 200, logged.text
+            assert (logged.json()["type"], logged.json()["data"]) == (
+                "charter.drift.detected",
+                notice["detail"],
+            )
+        # They are not events received from a system, and no integration takes them.
+        assert hub.client.get("/v1/stats").json()["received"] == report["acknowledged"]
 
         # The ERP's own books: one order per acknowledged deal, none from a partner deal.
         wait_until(lambda: erp.report()["orders"], lambda n: n == report["acknowledged"], 30)

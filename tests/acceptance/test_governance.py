@@ -40,8 +40,27 @@ def plan(project: Path, *extra: str) -> tuple[int, str]:
     return done.returncode, done.stdout
 
 
-def apply(project: Path, plan_file: Path, reason: str = "test") -> tuple[int, str, str]:
-    done = charter("apply", str(plan_file), "-p", str(project), "--by", "alice", "--reason", reason)
+def asked(plan_file: Path) -> list[str]:
+    """The teams a plan file asks to approve, as a reviewer reads them."""
+    return sorted({a["team"] for a in json.loads(plan_file.read_text())["approvals"]})
+
+
+def apply(
+    project: Path, plan_file: Path, reason: str = "test", *extra: str
+) -> tuple[int, str, str]:
+    """Apply with the approval of every team the plan asks for, unless ``extra`` says."""
+    approvals = extra or tuple(f"--approved-by={team}" for team in asked(plan_file))
+    done = charter(
+        "apply",
+        str(plan_file),
+        "-p",
+        str(project),
+        "--by",
+        "alice",
+        "--reason",
+        reason,
+        *approvals,
+    )
     return done.returncode, done.stdout, done.stderr
 
 
@@ -112,6 +131,20 @@ def test_breaking_change_is_refused_compatible_one_applies_and_rollback_restores
         hub.close()
 
     done = charter("rollback", "-p", str(o2c), "--by", "bob", "--reason", "CHF too early")
+    assert "approval missing from finance-ops, sales-ops:" in one_line_error(done)
+    done = charter(
+        "rollback",
+        "-p",
+        str(o2c),
+        "--by",
+        "bob",
+        "--reason",
+        "CHF too early",
+        "--approved-by",
+        "sales-ops",
+        "--approved-by",
+        "finance-ops",
+    )
     assert done.returncode == 0, done.stderr
     assert "Rolled back as catalog version 3" in done.stdout
     done = charter("history", "-p", str(o2c))
@@ -161,6 +194,125 @@ def test_a_plan_made_before_another_apply_is_refused(o2c: Path) -> None:
     assert "cannot read" in one_line_error(
         charter("apply", str(o2c / "none.json"), "-p", str(o2c), "--reason", "x")
     )
+
+
+def crm_event(project: Path, version: int, mode: str) -> None:
+    """Declare the CRM's deal.closed event ``version`` under compatibility ``mode``."""
+    crm = project / "systems" / "crm.yaml"
+    head = crm.read_text().split("    key: id\n")[0]
+    crm.write_text(f"{head}    key: id\n    version: {version}\n    compatibility: {mode}\n")
+
+
+def test_apply_needs_the_approvals_the_plan_asks_for_or_a_recorded_reason_to_skip_them(
+    o2c: Path,
+) -> None:
+    # The first apply needs no approval: no team owns anything applied yet.
+    first = o2c / "first.json"
+    assert plan(o2c, "--out", str(first))[0] == 2
+    assert asked(first) == []
+    code, shown, err = apply(o2c, first, "first version")
+    assert code == 0, err
+    assert "Applied as catalog version 1" in shown and "without the approval" not in shown
+
+    # A compatible change: the owners of what changes must approve it.
+    edit_schema(o2c, lambda s: s["properties"]["currency"]["enum"].append("CHF"))
+    change = o2c / "chf.json"
+    assert plan(o2c, "--out", str(change))[0] == 2
+    teams = asked(change)
+    assert "sales-ops" in teams
+    refused = one_line_error(charter("apply", str(change), "-p", str(o2c), "--reason", "x"))
+    assert f"approval missing from {', '.join(teams)}:" in refused
+    assert "--approved-by sales-ops" in refused and "--skip-approvals REASON" in refused
+    if len(teams) > 1:
+        # Only the teams still missing are named.
+        code, _, err = apply(o2c, change, "x", *(f"--approved-by={t}" for t in teams[1:]))
+        assert code == 1 and f"approval missing from {teams[0]}:" in err
+    # A team that is not in the catalog is a mistake, not an approval.
+    code, _, err = apply(o2c, change, "x", "--approved-by", "sales-opps")
+    assert code == 1 and "--approved-by 'sales-opps' is not a team of the catalog" in err
+    assert "sales-ops" in err
+    code, shown, err = apply(o2c, change, "accept CHF")
+    assert code == 0, err
+    assert "Applied as catalog version 2" in shown and "without the approval" not in shown
+
+    # A breaking change as a new major version: its consumers' owners must approve too.
+    edit_schema(o2c, lambda s: s["properties"]["currency"].update(enum=["EUR", "USD"]))
+    crm_event(o2c, 2, "BACKWARD")
+    breaking = o2c / "breaking.json"
+    code, shown = plan(o2c, "--out", str(breaking))
+    assert code == 3 and "breaking, new major version" in shown
+    needed = {(r[0], r[1]) for r in table_rows(shown) if len(r) == 2}
+    assert ("finance-ops", "process order-to-cash consumes a breaking change") in needed
+    code, _, err = apply(o2c, breaking, "drop GBP", "--approved-by", "sales-ops")
+    assert code == 1 and "approval missing from finance-ops: " in err
+    assert "consumes a breaking change" in err
+    code, _, err = apply(o2c, breaking, "drop GBP", "--skip-approvals", "  ")
+    assert code == 1 and "--skip-approvals needs a reason" in err
+    code, shown, err = apply(
+        o2c,
+        breaking,
+        "drop GBP",
+        "--approved-by",
+        "sales-ops",
+        "--skip-approvals",
+        "finance-ops lead on leave; CFO agreed by mail",
+    )
+    assert code == 0, err
+    assert "Applied as catalog version 3" in shown
+    assert "without the approval of finance-ops" in shown
+
+    done = charter("history", "-p", str(o2c))
+    rows = {r[0]: r for r in table_rows(done.stdout) if r[0].isdigit()}
+    assert rows["3"][6] == (
+        "approved by sales-ops; skipped finance-ops: finance-ops lead on leave; CFO agreed by mail"
+    )
+    assert rows["2"][6] == "approved by " + ", ".join(teams)
+    assert rows["1"][6] == "none needed"
+    done = charter("history", "-p", str(o2c), "--json")
+    assert done.returncode == 0, done.stderr
+    latest = json.loads(done.stdout)["versions"][0]["approvals"]
+    assert (latest["approved_by"], latest["skipped"], latest["skip_reason"]) == (
+        ["sales-ops"],
+        ["finance-ops"],
+        "finance-ops lead on leave; CFO agreed by mail",
+    )
+    assert {
+        "team": "finance-ops",
+        "reason": "process order-to-cash consumes a breaking change",
+    } in (latest["required"])
+
+
+def test_a_transitive_mode_checks_the_change_against_every_applied_version(o2c: Path) -> None:
+    first = o2c / "first.json"
+    assert plan(o2c, "--out", str(first))[0] == 2
+    assert apply(o2c, first)[0] == 0
+    # Version 2 drops GBP: breaking, so published as a new major version.
+    edit_schema(o2c, lambda s: s["properties"]["currency"].update(enum=["EUR", "USD"]))
+    crm_event(o2c, 2, "BACKWARD")
+    second = o2c / "second.json"
+    assert plan(o2c, "--out", str(second))[0] == 3
+    assert apply(o2c, second)[0] == 0
+
+    # Adding CHF under version 2 reads all that version 2 wrote...
+    edit_schema(o2c, lambda s: s["properties"]["currency"]["enum"].append("CHF"))
+    code, shown = plan(o2c)
+    assert code == 2 and "compatible" in shown
+    # ...but not what version 1 wrote (GBP): BACKWARD_TRANSITIVE says breaking, naming v1.
+    crm_event(o2c, 2, "BACKWARD_TRANSITIVE")
+    transitive = o2c / "transitive.json"
+    code, shown = plan(o2c, "--out", str(transitive))
+    assert code == 3, shown
+    assert "breaking, same version: refused" in shown and "(against v1, v2)" in shown
+    code, shown = plan(o2c, "--json")
+    [verdict] = json.loads(shown)["schemas"]
+    assert (verdict["mode"], verdict["compatible"], verdict["against"]) == (
+        "BACKWARD_TRANSITIVE",
+        False,
+        [1, 2],
+    )
+    assert [(p["rule"], p["version"]) for p in verdict["problems"]] == [("ENUM_ARRAY_CHANGED", 1)]
+    code, _, err = apply(o2c, transitive)
+    assert code == 1 and "without a new major version" in err and "currency" in err
 
 
 def test_impact_names_what_a_system_or_a_field_reaches_and_who_owns_it(

@@ -7,18 +7,23 @@ import dataclasses
 
 import orjson
 import pytest
+from sqlalchemy import delete
 
 from charter.errors import Conflict, NotFound
 from charter.store import (
     DriftCount,
+    EventFilter,
     FieldHold,
     FieldWrite,
+    MemoryStore,
     NewEvent,
     Operator,
     QuarantineStatus,
     ReplayDelivery,
+    SqlStore,
     Store,
 )
+from charter.store.schema import drift as drift_table
 from tests.integration.test_store import any_store, append, claim_ids, event
 
 __all__ = ["any_store"]
@@ -187,3 +192,61 @@ def test_drift_counts_add_up_and_each_new_row_sends_one_notice(any_store: Store)
     assert [r["field"] for r in any_store.drift_counts(since=180.0)] == ["channel"]
     assert [r["kind"] for r in any_store.drift_counts(kinds=("seen",))] == ["seen"]
     assert any_store.drift_counts(system="erp") == []
+
+
+def forget_drift(store: Store) -> None:
+    """Drop the drift rows, as a retention purge would: the next count of a key is new."""
+    if isinstance(store, MemoryStore):
+        store._drift.clear()
+        return
+    assert isinstance(store, SqlStore)
+    with store.engine.begin() as conn:
+        conn.execute(delete(drift_table))
+
+
+def test_each_drift_notice_is_logged_once_as_a_cloudevent_that_nothing_routes(
+    any_store: Store,
+) -> None:
+    append(any_store, event(1))
+    any_store.record_drift(
+        [drift("unmapped_value", "stage", "closed_won_partner", count=2), drift("seen", "")]
+    )
+    [notice] = any_store.list_notices(team="sales-ops")
+    cloud = notice["event"]
+    assert cloud == {
+        "specversion": "1.0",
+        "id": notice["event_id"],
+        "source": "charter://hub/governance",
+        "type": "charter.drift.detected",
+        "datacontenttype": "application/json",
+        "subject": "crm/deal.closed/stage",
+        "time": cloud["time"],
+        "data": notice["detail"],
+    }
+    assert cloud["data"]["value"] == "closed_won_partner" and cloud["data"]["team"] == "sales-ops"
+    assert cloud["time"].endswith("Z") and cloud["time"][:4] >= "2026"
+    logged = any_store.get_event(notice["event_id"])
+    assert logged is not None
+    assert (logged["system"], logged["type"], logged["ce_id"]) == (
+        "@hub",
+        "charter.drift.detected",
+        notice["event_id"],
+    )
+    # Not received from a system, not replayed, no deliveries.
+    assert any_store.delivery_counts().received == 1
+    replayable = any_store.events_for_replay(EventFilter(), 0, 100)
+    assert [e["id"] for e in replayable] == ["evt-1"]
+    assert all(d["event_id"] != notice["event_id"] for d in any_store.list_deliveries())
+
+    # The same drift noticed again (its row purged meanwhile) logs no second event.
+    forget_drift(any_store)
+    any_store.record_drift([drift("unmapped_value", "stage", "closed_won_partner")])
+    again = any_store.list_notices(team="sales-ops")
+    assert len(again) == 2
+    assert {n["event_id"] for n in again} == {notice["event_id"]}
+    assert any_store.delivery_counts().received == 1
+    # Another value is another event.
+    any_store.record_drift([drift("unmapped_value", "stage", "closed_lost_partner")])
+    newest = any_store.list_notices(team="sales-ops")[0]
+    assert newest["event_id"] not in (None, notice["event_id"])
+    assert newest["event"]["data"]["value"] == "closed_lost_partner"

@@ -133,3 +133,69 @@ def test_each_subject_is_judged_under_its_own_compatibility_mode(tmp_path: Path)
     [under_none] = plan.schemas
     assert (under_none.mode, under_none.compatible) == ("NONE", True)
     assert plan.exit_code == CHANGES
+
+
+def event_version(root: Path, version: int, currencies: list[str], mode: str = "BACKWARD") -> None:
+    """Make the CRM's deal.closed event ``version`` with these currencies, under ``mode``."""
+    schema_file = root / "schemas" / "crm-deal-closed.json"
+    schema = json.loads(schema_file.read_text())
+    schema["properties"]["currency"]["enum"] = currencies
+    if version >= 3:  # a compatible edit, so that versions 2 and 3 differ
+        schema["properties"]["currency"]["description"] = "ISO 4217 code"
+    schema_file.write_text(json.dumps(schema))
+    crm = root / "systems" / "crm.yaml"
+    head = crm.read_text().split("    key: id\n")[0]
+    crm.write_text(f"{head}    key: id\n    version: {version}\n    compatibility: {mode}\n")
+
+
+@pytest.mark.parametrize(
+    ("mode", "compatible", "named"),
+    [
+        ("BACKWARD", True, set()),
+        ("BACKWARD_TRANSITIVE", False, {1}),
+        ("FORWARD", False, {3}),
+        ("FORWARD_TRANSITIVE", False, {1, 2, 3}),
+        ("FULL", False, {3}),
+        ("FULL_TRANSITIVE", False, {1, 2, 3}),
+        ("NONE", True, set()),
+    ],
+)
+def test_transitive_modes_check_every_applied_version_of_the_subject(
+    tmp_path: Path, mode: str, compatible: bool, named: set[int]
+) -> None:
+    # v1 takes GBP; v2 (a new major version) drops it; v3 annotates the field.
+    root = example(tmp_path, "order-to-cash")
+    history: list[Snapshot] = []
+    for version, currencies in ((1, ["EUR", "USD", "GBP"]), (2, ["EUR", "USD"])):
+        event_version(root, version, currencies)
+        history.append(capture(root))
+    event_version(root, 3, ["EUR", "USD"])
+    history += [capture(root), capture(root)]  # applied twice (a rollback): checked once
+    # The new schema adds CHF to v3: compatible with v3, not with v1 (GBP is gone).
+    event_version(root, 3, ["EUR", "USD", "CHF"], mode)
+    asked: list[int] = []
+
+    def applied_history() -> list[Snapshot]:
+        asked.append(1)
+        return history
+
+    made = make_plan(capture(root), (4, history[-1]), history=applied_history)
+    [verdict] = made.schemas
+    assert (verdict.subject, verdict.mode, verdict.compatible) == (
+        "event:crm/deal.closed",
+        mode,
+        compatible,
+    )
+    assert {p["version"] for p in verdict.problems} == named
+    assert verdict.refused is not compatible  # the same version 3: a break is refused
+    assert made.exit_code == (CHANGES if compatible else BREAKING)
+    transitive = mode.endswith("_TRANSITIVE")
+    assert verdict.against == ([1, 2, 3] if transitive else [3])
+    assert asked == ([1] if transitive else [])  # old snapshots are loaded only when needed
+    if mode == "BACKWARD_TRANSITIVE":
+        [problem] = verdict.problems
+        assert (problem["rule"], problem["path"]) == (
+            "ENUM_ARRAY_CHANGED",  # GBP gone, CHF new
+            "#/properties/currency/enum",
+        )
+        assert "against v1" in problem["message"]

@@ -117,6 +117,9 @@ def create_app(
                 "deliveries": {
                     "pending": counts.pending,
                     "delivered": counts.delivered,
+                    # Of the delivered, those a fallback took while the target's breaker
+                    # was open.
+                    "fallback": counts.fallback,
                     "dead": counts.dead,
                     "retried": counts.retried,
                     "attempts": counts.attempts,

@@ -52,6 +52,14 @@ class HubCollector(Collector):
         attempts = CounterMetricFamily("charter_delivery_attempts", "Delivery attempts made.")
         attempts.add_metric([], counts.attempts)
         yield attempts
+        fallback = GaugeMetricFamily(
+            "charter_deliveries_fallback",
+            "Deliveries a fallback took while the target's breaker was open, per integration.",
+            labels=["integration"],
+        )
+        for integration, count in self.hub.store.fallback_counts().items():
+            fallback.add_metric([integration], count)
+        yield fallback
 
     def _quotas(self) -> Iterator[Metric]:
         report = quota_report(self.hub.project, self.resilience)

@@ -83,7 +83,9 @@ def ownership_routes(hub: Hub, on_change: Callable[[], None] | None = None) -> A
 
     @router.get("/notices")
     async def notices(team: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> Response:
-        """What the hub told teams (``drift.detected``), newest first."""
+        """What the hub told teams (``drift.detected``), newest first; ``event`` is the
+        CloudEvent (type ``charter.drift.detected``) that logged the notice in the hub's event
+        log, also at ``GET /v1/events/{event_id}``."""
         rows = await run_in_threadpool(hub.store.list_notices, team, limit)
         return _json({"notices": rows, "count": len(rows)})
 

@@ -8,6 +8,7 @@ or in JSON/YAML files named relative to the document that uses them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from charter.catalog.model import (
     Integration,
     ProjectSettings,
     System,
+    Target,
     Team,
 )
 from charter.catalog.yamlsrc import Document, read_documents
@@ -492,7 +494,90 @@ def _check_references(
                     f"mapping {target.mapping} does not map {i.entity} to system {target.system!r}",
                     "name a mapping whose source is this entity and target this system",
                 )
+            if target.fallback is not None:
+                _check_fallback(project, name, n, target, entity_key, problem, system)
     _check_processes(project, problem, team, domain, system)
+
+
+def _check_fallback(
+    project: Project,
+    name: str,
+    n: int,
+    target: Target,
+    entity_key: tuple[str, int],
+    problem: Any,
+    system: Any,
+) -> None:
+    """A target's fallback: a system that can be called with a mapping to it, or a folder
+    the hub can write to (created here if it is not there)."""
+    fallback = target.fallback
+    assert fallback is not None
+    at = f"/targets/{n}/fallback"
+    if not project.systems[target.system].breaker.enabled:
+        problem(
+            "Integration",
+            name,
+            at,
+            f"target system {target.system!r} has its circuit breaker disabled, so this "
+            "fallback would never be used",
+            f"enable the breaker of system {target.system!r} or remove the fallback",
+        )
+    if fallback.to is not None:
+        to = fallback.to
+        if to.system == target.system:
+            problem(
+                "Integration",
+                name,
+                f"{at}/to/system",
+                f"the fallback of target {target.system!r} is the same system",
+                "name another system, or use 'file: {dir}' or 'park'",
+            )
+        elif system("Integration", name, to.system, f"{at}/to/system"):
+            if project.systems[to.system].connector is None:
+                problem(
+                    "Integration",
+                    name,
+                    f"{at}/to/system",
+                    f"fallback system {to.system!r} has no connector",
+                    f"add 'connector:' with a base_url to system {to.system!r}",
+                )
+            fm = project.mappings.get((to.mapping.name, to.mapping.version))
+            if fm is None:
+                problem(
+                    "Integration",
+                    name,
+                    f"{at}/to/mapping",
+                    f"mapping {to.mapping} is not defined",
+                    "add that mapping version or fix the reference",
+                )
+            elif (fm.source.entity, fm.source.version) != entity_key or (
+                fm.target.system != to.system
+            ):
+                problem(
+                    "Integration",
+                    name,
+                    f"{at}/to/mapping",
+                    f"mapping {to.mapping} does not map {entity_key[0]}@{entity_key[1]} to "
+                    f"system {to.system!r}",
+                    "name a mapping whose source is this entity and target the fallback system",
+                )
+    if fallback.file is not None:
+        folder = project.root / fallback.file.dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            writable = os.access(folder, os.W_OK | os.X_OK)
+            reason = "it is not writable"
+        except OSError as exc:
+            writable, reason = False, exc.strerror or str(exc)
+        if not writable:
+            problem(
+                "Integration",
+                name,
+                f"{at}/file/dir",
+                f"the file drop folder {fallback.file.dir!r} cannot be used: {reason}",
+                "create it where the hub may write, or name another folder "
+                "(relative to the project)",
+            )
 
 
 def _check_processes(project: Project, problem: Any, team: Any, domain: Any, system: Any) -> None:

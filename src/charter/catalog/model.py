@@ -266,10 +266,70 @@ class Action(_Doc):
     path: str = Field(pattern=r"^/")
 
 
+class FallbackTarget(_Doc):
+    """Another target system that takes the deliveries; its own mapping, and by default
+    the same action as the target it stands in for."""
+
+    system: Name
+    mapping: VersionedRef
+    action: Action | None = None
+
+
+class FileDrop(_Doc):
+    """A folder (relative to the project) that deliveries are appended to as JSON lines,
+    one file per target system and UTC day."""
+
+    dir: str = Field(min_length=1)
+
+
+def _park(value: Any) -> Any:
+    """``fallback: park`` is what happens without a fallback: the delivery waits."""
+    if value == "park":
+        return None
+    if isinstance(value, str):
+        raise ValueError(
+            f"fallback {value!r} is not known; write 'park', or a mapping with "
+            "'to: {system, mapping}' or 'file: {dir}'"
+        )
+    return value
+
+
+class Fallback(_Doc):
+    """Where a target's deliveries go once its circuit breaker has been open for ``after``:
+    another target system (``to``) or a file drop (``file``)."""
+
+    after: Duration = 0.0
+    to: FallbackTarget | None = None
+    file: FileDrop | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Fallback:
+        if self.to is not None and self.file is not None:
+            raise ValueError(
+                "a fallback goes to another system ('to:') or to a file drop ('file:'), "
+                "not both; keep one"
+            )
+        if self.to is None and self.file is None:
+            raise ValueError(
+                "a fallback needs 'to: {system, mapping}' or 'file: {dir}'; "
+                "write 'fallback: park' to have deliveries wait for the target"
+            )
+        return self
+
+    def describe(self) -> str:
+        """Where it goes, as shown with a delivery: the system's name or ``file:DIR``."""
+        if self.to is not None:
+            return self.to.system
+        assert self.file is not None
+        return f"file:{self.file.dir}"
+
+
 class Target(_Doc):
     system: Name
     mapping: VersionedRef
     action: Action
+    # None: deliveries wait while the target's breaker is open ('park').
+    fallback: Annotated[Fallback | None, BeforeValidator(_park)] = None
 
 
 class RetryPolicy(_Doc):

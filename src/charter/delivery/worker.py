@@ -7,7 +7,9 @@ so nothing waits for a lease to expire after a clean shutdown.
 With a :class:`~charter.delivery.guard.Resilience`, every call goes through
 its system's circuit breaker and quota budget (by the integration's tier); a
 call they hold back (:class:`~charter.delivery.guard.Deferred`) is put back
-until the time they name, without counting an attempt.
+until the time they name, without counting an attempt. A target whose breaker
+has been open long enough hands its deliveries to its fallback, if the catalog
+names one (:mod:`charter.delivery.fallback`): another system or a file drop.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
 from charter.catalog import Integration, Project, RetryPolicy
+from charter.catalog.model import Target
 from charter.connectors import Connector, HttpConnector, TargetRequest
+from charter.delivery.fallback import FALLBACK_KEY_SUFFIX, DropFolder, park_until
 from charter.delivery.guard import Deferred, Resilience
 from charter.delivery.retry import decide
 from charter.errors import CharterError, ConnectorError, MappingError, NotFound
@@ -97,6 +101,9 @@ class DeliveryWorker:
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._target_limit = max(1, int(self.settings.concurrency * self.settings.target_share))
         self.delivered = 0
+        # Of those, delivered through a target's fallback while its breaker was open.
+        self.fallen_back = 0
+        self._drops: dict[str, DropFolder] = {}
         # Set when something (an in-process ingest, a LISTEN) calls wake() on new work.
         self.listening = False
 
@@ -229,18 +236,31 @@ class DeliveryWorker:
             clock = time.perf_counter()
             status_code: int | None = None
             error: CharterError | None = None
+            fallback: str | None = None
             try:
                 integration = self._integration(delivery)
-                response = await self.connectors[delivery.target].call(
-                    self._request(delivery, integration)
-                )
-                status_code = response.status_code
+                target = self._target(delivery, integration)
+                request = self._request(delivery, integration, target)
+                try:
+                    response = await self.connectors[delivery.target].call(request)
+                    status_code = response.status_code
+                except Deferred as held:
+                    until = self._park_until(delivery, target, request, held)
+                    if until is not None:
+                        await self._defer(delivery, until)
+                        return
+                    # The target's breaker has been open long enough: the fallback takes it.
+                    assert target.fallback is not None
+                    fallback = target.fallback.describe()
+                    started, clock = time.time(), time.perf_counter()
+                    fallback, status_code = await self._fall_back(delivery, target, request)
             except asyncio.CancelledError:
                 self._result(
                     AttemptResult(delivery.id, Outcome.RELEASED, started, 0.0, error="stopped")
                 )
                 raise
             except Deferred as exc:
+                # The fallback system's own breaker or quota: wait, like for the target.
                 await self._defer(delivery, exc.until)
                 return
             except ConnectorError as exc:
@@ -253,6 +273,8 @@ class DeliveryWorker:
             decision = decide(policy, delivery.attempts + 1, error, self.rng)
             if decision.outcome is Outcome.DELIVERED:
                 self.delivered += 1
+                if fallback is not None:
+                    self.fallen_back += 1
             self._result(
                 AttemptResult(
                     delivery_id=delivery.id,
@@ -264,8 +286,80 @@ class DeliveryWorker:
                     next_attempt_at=time.time() + decision.delay
                     if decision.outcome is Outcome.RETRY
                     else None,
+                    fallback=fallback,
                 )
             )
+
+    def _park_until(
+        self, delivery: ClaimedDelivery, target: Target, request: TargetRequest, held: Deferred
+    ) -> float | None:
+        """Until when ``delivery`` waits, or None when its fallback takes it now."""
+        breaker = (
+            self.resilience.breaker(delivery.target, request)
+            if self.resilience is not None and target.fallback is not None
+            else None
+        )
+        if breaker is None:
+            return held.until
+        # The view the breaker held the call back with: when the target started failing
+        # (a record saved before breakers kept that has only when it last changed state).
+        view = breaker.view
+        return park_until(target.fallback, held, view.opened_at or view.since, time.time())
+
+    async def _fall_back(
+        self, delivery: ClaimedDelivery, target: Target, request: TargetRequest
+    ) -> tuple[str, int | None]:
+        """Deliver through ``target``'s fallback; returns where it went and the HTTP status."""
+        fallback = target.fallback
+        assert fallback is not None
+        if fallback.to is not None:
+            to = fallback.to
+            connector = self.connectors.get(to.system)
+            mapping = self.router.mappings.get(str(to.mapping))
+            if connector is None or mapping is None:
+                raise NotFound(
+                    f"the fallback of target {delivery.target!r} of delivery {delivery.id} is "
+                    f"system {to.system!r} with mapping {to.mapping}, which the project no "
+                    "longer has",
+                    fix="restore that system and mapping, then redrive the delivery",
+                )
+            action = to.action or target.action
+            response = await connector.call(
+                replace(
+                    request,
+                    method=action.method,
+                    path=action.path,
+                    body=orjson.dumps(mapping.apply(orjson.loads(delivery.payload))),
+                    # Its own key: the backup dedupes retries, never confuses it with
+                    # the target's.
+                    idempotency_key=delivery.idempotency_key + FALLBACK_KEY_SUFFIX,
+                    headers={**request.headers, "x-charter-fallback-for": delivery.target},
+                )
+            )
+            return to.system, response.status_code
+        assert fallback.file is not None
+        written = await self._file_drop(fallback.file.dir).append(
+            delivery.target,
+            {
+                "delivery_id": delivery.id,
+                "event_id": delivery.event_id,
+                "integration": delivery.integration,
+                "system": delivery.target,
+                "method": request.method,
+                "path": request.path,
+                "idempotency_key": request.idempotency_key,
+                "payload": orjson.Fragment(request.body),
+            },
+        )
+        return f"file:{written}", None
+
+    def _file_drop(self, folder: str) -> DropFolder:
+        drop = self._drops.get(folder)
+        if drop is None:
+            # Relative to the project, as the catalog checked it.
+            path = self.router.project.root / folder
+            drop = self._drops[folder] = DropFolder(path, folder.rstrip("/"))
+        return drop
 
     def _integration(self, delivery: ClaimedDelivery) -> Integration:
         integration = self.router.project.integrations.get(delivery.integration)
@@ -277,15 +371,20 @@ class DeliveryWorker:
             )
         return integration
 
-    def _request(self, delivery: ClaimedDelivery, integration: Integration) -> TargetRequest:
-        mapping = self.router.mappings.get(delivery.mapping)
+    def _target(self, delivery: ClaimedDelivery, integration: Integration) -> Target:
         target = next((t for t in integration.targets if t.system == delivery.target), None)
-        if mapping is None or target is None:
+        if target is None or delivery.mapping not in self.router.mappings:
             raise NotFound(
                 f"mapping {delivery.mapping} to {delivery.target!r} of delivery {delivery.id} "
                 "is no longer in the project",
                 fix="restore that mapping version, then redrive the delivery",
             )
+        return target
+
+    def _request(
+        self, delivery: ClaimedDelivery, integration: Integration, target: Target
+    ) -> TargetRequest:
+        mapping = self.router.mappings[delivery.mapping]
         body = orjson.dumps(mapping.apply(orjson.loads(delivery.payload)))
         return TargetRequest(
             method=target.action.method,

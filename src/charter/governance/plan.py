@@ -12,13 +12,21 @@ moved on since.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import orjson
+
 from charter.catalog import Project
+from charter.errors import CharterError
 from charter.governance import impact
 from charter.governance.compat import Mode, check
 from charter.governance.snapshot import Snapshot, SnapshotError, load_snapshot, objects
+
+# Every applied snapshot, oldest first (the latest applied one last); called only when a
+# subject under a transitive mode changed, since loading old snapshots costs.
+History = Callable[[], Sequence[Snapshot]]
 
 PLAN_FORMAT = 1
 NO_CHANGES, CHANGES, BREAKING = 0, 2, 3
@@ -50,6 +58,9 @@ class SchemaCheck:
     compatible: bool
     new_major: bool
     problems: list[dict[str, Any]] = field(default_factory=list)
+    # The subject versions checked, oldest first: the latest applied one, or under a
+    # transitive mode every distinct schema the subject had in an applied version.
+    against: list[int] = field(default_factory=list)
 
     @property
     def refused(self) -> bool:
@@ -74,6 +85,13 @@ class Plan:
     teams: dict[str, int]
     approvals: list[Approval]
     created_at: float = field(default_factory=time.time)
+    # The teams of the applied and the planned catalog: who may approve (not serialised).
+    known_teams: frozenset[str] = field(default_factory=frozenset, compare=False)
+
+    @property
+    def approving_teams(self) -> list[str]:
+        """The teams whose approval the plan asks for, each once."""
+        return sorted({a.team for a in self.approvals})
 
     @property
     def breaking(self) -> bool:
@@ -184,7 +202,59 @@ def _subjects(project: Project) -> dict[str, tuple[int, dict[str, Any], dict[str
     return found
 
 
-def _schema_checks(before: Project | None, after: Project) -> list[SchemaCheck]:
+def _subject_versions(project: Project) -> dict[str, list[tuple[int, Any]]]:
+    """Every (version, schema) of each subject in a project: all versions of an entity, the
+    one version of a system's event."""
+    found: dict[str, list[tuple[int, Any]]] = {}
+    for (name, version), entity in sorted(project.entities.items()):
+        found.setdefault(f"entity:{name}", []).append((version, entity.schema_))
+    for name, system in project.systems.items():
+        for event, spec in system.events.items():
+            found.setdefault(f"event:{name}/{event}", []).append((spec.version, spec.schema_))
+    return found
+
+
+class _AppliedHistory:
+    """The applied snapshots as projects, loaded once and only when first asked for.
+
+    A snapshot that no longer loads (the catalog format moved on since it was applied)
+    is left out: its schemas were checked when it was applied.
+    """
+
+    def __init__(self, history: History | None, latest: tuple[str, Project] | None) -> None:
+        self.history = history
+        self.latest = latest
+        self._projects: list[Project] | None = None
+
+    def projects(self) -> list[Project]:
+        if self._projects is None:
+            loaded: dict[str, Project] = dict([self.latest]) if self.latest else {}
+            found: list[Project] = []
+            for snapshot in self.history() if self.history is not None else []:
+                project = loaded.get(snapshot.digest)
+                if project is None:
+                    try:
+                        project = loaded[snapshot.digest] = load_snapshot(snapshot)
+                    except CharterError:
+                        continue
+                found.append(project)
+            self._projects = found
+        return self._projects
+
+    def earlier(self, subject: str, latest: tuple[int, Any]) -> list[tuple[int, Any]]:
+        """Each distinct schema ``subject`` had in an applied version, oldest first, ending
+        with ``latest`` (the latest applied one)."""
+        found: list[tuple[int, Any]] = []
+        for project in self.projects():
+            for version, schema in _subject_versions(project).get(subject, []):
+                if schema != latest[1] and all(schema != s for _, s in found):
+                    found.append((version, schema))
+        return [*found, latest]
+
+
+def _schema_checks(
+    before: Project | None, after: Project, applied: _AppliedHistory
+) -> list[SchemaCheck]:
     if before is None:
         return []
     old, new = _subjects(before), _subjects(after)
@@ -193,10 +263,19 @@ def _schema_checks(before: Project | None, after: Project) -> list[SchemaCheck]:
         (v0, s0, _, _), (v1, s1, renames, declared) = old[subject], new[subject]
         if s0 == s1:
             continue
-        # The subject's own mode, as the new version declares it; the applied version is the
-        # history a plan knows, so the transitive modes check against it too.
+        # The subject's own mode, as the new version declares it. Transitive modes check
+        # against every schema the subject had in an applied version, not only the latest.
         mode = Mode(declared)
-        verdict = check(mode, s1, [s0], renames=renames or None, versions=[v0])
+        earlier = applied.earlier(subject, (v0, s0)) if mode.transitive else [(v0, s0)]
+        verdict = check(
+            mode,
+            s1,
+            [s for _, s in earlier],
+            renames=renames or None,
+            versions=[v for v, _ in earlier],
+        )
+        # One version number can have had several (compatible) schemas: say each problem once.
+        problems = {orjson.dumps(p.to_json()): p.to_json() for p in verdict.problems}
         checks.append(
             SchemaCheck(
                 subject=subject,
@@ -205,7 +284,8 @@ def _schema_checks(before: Project | None, after: Project) -> list[SchemaCheck]:
                 mode=mode.value,
                 compatible=verdict.compatible,
                 new_major=v1 > v0,
-                problems=[p.to_json() for p in verdict.problems],
+                problems=list(problems.values()),
+                against=[v for v, _ in earlier],
             )
         )
     return checks
@@ -258,11 +338,19 @@ def _approvals(
 
 
 def make_plan(
-    folder: Snapshot, applied: tuple[int, Snapshot] | None, project: Project | None = None
+    folder: Snapshot,
+    applied: tuple[int, Snapshot] | None,
+    project: Project | None = None,
+    history: History | None = None,
 ) -> Plan:
-    """The plan that turns the ``applied`` (version, snapshot) into ``folder``."""
+    """The plan that turns the ``applied`` (version, snapshot) into ``folder``.
+
+    ``history`` gives every applied snapshot, for subjects under a transitive mode;
+    without it they are checked against the latest applied version only.
+    """
     after = project or load_snapshot(folder)
     before = load_snapshot(applied[1]) if applied is not None else None
+    team_names = frozenset(after.teams) | frozenset(before.teams if before is not None else ())
     old = objects(before) if before is not None else {}
     new = objects(after)
     changes: list[Change] = []
@@ -273,22 +361,23 @@ def make_plan(
             changes.append(Change(key, "delete", _owner(old[key])))
         elif old[key] != new[key]:
             changes.append(Change(key, "update", _owner(new[key]), diff_values(old[key], new[key])))
-    schemas = _schema_checks(before, after)
+    latest = (applied[1].digest, before) if applied is not None and before is not None else None
+    schemas = _schema_checks(before, after, _AppliedHistory(history, latest))
     if before is None:
-        # The first apply: everything is new, so nothing already running can break.
-        return Plan(None, None, folder, changes, schemas, [], {}, _approvals(changes, [], []))
+        # The first apply: everything is new, so nothing already running can break, and
+        # no team owns anything yet whose approval it would need.
+        return Plan(None, None, folder, changes, schemas, [], {}, [], known_teams=team_names)
     graph = impact.build(after)
     starts: list[str] = []
     for change in changes:
         if change.action == "delete":
             continue
         starts += [s for s in _starts(change) if s in graph]
-    # A deleted object's dependants are found in the graph it was part of.
     affected = graph.impact(sorted(set(starts)))
     # A deleted object's dependants are found in the graph it was part of.
     gone = [s for c in changes if c.action == "delete" for s in _starts(c)]
-    known = {a.node for a in affected}
-    affected += [a for a in impact.build(before).impact(gone) if a.node not in known]
+    reached = {a.node for a in affected}
+    affected += [a for a in impact.build(before).impact(gone) if a.node not in reached]
     assert applied is not None
     return Plan(
         base_version=applied[0],
@@ -299,4 +388,5 @@ def make_plan(
         impact=affected,
         teams=impact.teams(affected),
         approvals=_approvals(changes, schemas, affected),
+        known_teams=team_names,
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.errors import CharterError, Conflict
+from charter.governance.approvals import Signoff, approval_record
 from charter.governance.plan import Plan, make_plan
 from charter.governance.snapshot import Snapshot, capture
 from charter.store.catalog import AppliedVersion, CatalogStore
@@ -31,13 +32,20 @@ class Governance:
             return None
         return latest.version, Snapshot(latest.files)
 
+    def snapshots(self) -> list[Snapshot]:
+        """Every applied version's snapshot, oldest first."""
+        return [Snapshot(files) for files in self.catalog.snapshots()]
+
     def plan(self, folder: Path) -> Plan:
         """What applying the project in ``folder`` would change."""
-        return make_plan(capture(folder), self.applied())
+        return make_plan(capture(folder), self.applied(), history=self.snapshots)
 
-    def apply(self, made: Plan, by: str, reason: str) -> tuple[int, Plan]:
+    def apply(
+        self, made: Plan, by: str, reason: str, signoff: Signoff | None = None
+    ) -> tuple[int, Plan]:
         """Apply exactly the snapshot of ``made``; refuses when the applied state moved on
-        since it was made, or when it changes a schema version incompatibly."""
+        since it was made, when it changes a schema version incompatibly, or when an
+        approval it asks for is missing (unless ``signoff`` skips them with a reason)."""
         applied = self.applied()
         current = applied[0] if applied is not None else None
         if current != made.base_version:
@@ -47,7 +55,7 @@ class Governance:
                 f"version {made.base_version}",
                 fix="make a new plan with 'charter plan --out FILE' and apply that",
             )
-        plan = make_plan(made.target, applied)
+        plan = make_plan(made.target, applied, history=self.snapshots)
         if not plan.changes:
             raise ChangeRefused(
                 "the plan changes nothing: the folder is what is applied",
@@ -65,11 +73,14 @@ class Governance:
                 fix="make the change compatible, or raise the version of the entity or event "
                 "(keeping the old one while consumers move)",
             )
-        version = self._append(plan, "apply", by, reason, made.base_version)
+        version = self._append(plan, "apply", by, reason, made.base_version, signoff)
         return version, plan
 
-    def rollback(self, to: int | None, by: str, reason: str) -> tuple[int, Plan]:
-        """Make the applied catalog what version ``to`` (default: the one before) was."""
+    def rollback(
+        self, to: int | None, by: str, reason: str, signoff: Signoff | None = None
+    ) -> tuple[int, Plan]:
+        """Make the applied catalog what version ``to`` (default: the one before) was; the
+        approvals its plan asks for are required as for an apply."""
         latest = self.catalog.latest()
         if latest is None:
             raise ChangeRefused("nothing has been applied yet", fix="apply a plan first")
@@ -86,19 +97,28 @@ class Governance:
             )
         old = self.catalog.get(target)
         assert old.files is not None
-        plan = make_plan(Snapshot(old.files), self.applied())
-        version = self._append(plan, f"rollback:{target}", by, reason, latest.version)
+        plan = make_plan(Snapshot(old.files), self.applied(), history=self.snapshots)
+        version = self._append(plan, f"rollback:{target}", by, reason, latest.version, signoff)
         return version, plan
 
     def history(self, limit: int = 50) -> list[AppliedVersion]:
         return self.catalog.history(limit)
 
-    def _append(self, plan: Plan, action: str, by: str, reason: str, expected: int | None) -> int:
+    def _append(
+        self,
+        plan: Plan,
+        action: str,
+        by: str,
+        reason: str,
+        expected: int | None,
+        signoff: Signoff | None,
+    ) -> int:
         if not by.strip() or not reason.strip():
             raise ChangeRefused(
                 "who applies a change, and why, are both required",
                 fix="pass --by NAME and --reason TEXT",
             )
+        approvals = approval_record(plan, signoff or Signoff())
         body: dict[str, Any] = plan.to_json()
         return self.catalog.append(
             expected=expected,
@@ -107,6 +127,6 @@ class Governance:
             action=action,
             by=by,
             reason=reason,
-            summary=body["summary"],
+            summary=body["summary"] | {"approvals": approvals},
             changes=body["changes"],
         )

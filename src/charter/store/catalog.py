@@ -34,9 +34,15 @@ class AppliedVersion:
     changes: list[dict[str, Any]]
     files: dict[str, str] | None = None
 
+    @property
+    def approvals(self) -> dict[str, Any] | None:
+        """Who approved this version and who was skipped (None before approvals were kept)."""
+        found = self.summary.get("approvals")
+        return found if isinstance(found, dict) else None
+
     def to_json(self) -> dict[str, Any]:
         found = {k: v for k, v in vars(self).items() if k != "files"}
-        return found
+        return found | {"approvals": self.approvals}
 
 
 def _version(row: Any, with_files: bool) -> AppliedVersion:
@@ -85,6 +91,14 @@ class CatalogStore:
                 select(catalog_versions).order_by(catalog_versions.c.version.desc()).limit(limit)
             ).all()
         return [_version(r, False) for r in rows]
+
+    def snapshots(self) -> list[dict[str, str]]:
+        """The files of every applied version, oldest first (for transitive schema checks)."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(catalog_versions.c.snapshot).order_by(catalog_versions.c.version)
+            ).scalars()
+            return [orjson.loads(row) for row in rows]
 
     def append(
         self,

@@ -22,6 +22,7 @@ import orjson
 
 from charter.errors import Conflict, NotFound, StoreError
 from charter.store.protocol import (
+    HUB_SYSTEM,
     AttemptResult,
     ClaimedDelivery,
     DeadLetterFilter,
@@ -42,11 +43,14 @@ from charter.store.protocol import (
     RecordTrail,
     ReplayDelivery,
     ReplayResult,
+    drift_event,
     drift_notice,
     error_class,
     held_rows,
+    notice_event_id,
     record_rows,
     released_payload,
+    with_events,
     write_rows,
 )
 
@@ -168,6 +172,7 @@ class MemoryStore:
                 "delivered_at": None,
                 "last_status": None,
                 "last_error": None,
+                "fallback": None,
             }
             if d.integration not in held:
                 self._pending.add(delivery_id)
@@ -226,6 +231,7 @@ class MemoryStore:
                 row["attempts"] += 1
                 row["last_status"] = r.status_code
                 row["last_error"] = r.error
+                row["fallback"] = r.fallback
                 if r.outcome is Outcome.DELIVERED:
                     row["status"] = DeliveryStatus.DELIVERED.value
                     row["delivered_at"] = now
@@ -245,6 +251,7 @@ class MemoryStore:
                         "status_code": r.status_code,
                         "outcome": r.outcome.value,
                         "error": r.error,
+                        "fallback": r.fallback,
                     }
                 )
                 recorded += 1
@@ -277,7 +284,8 @@ class MemoryStore:
     def delivery_counts(self) -> DeliveryCounts:
         with self._lock:
             rows = list(self._deliveries.values())
-            received = len(self._events)
+            # The hub's own events (drift notices) were not received from a system.
+            received = sum(1 for e in self._events.values() if e["system"] != HUB_SYSTEM)
         statuses = [row["status"] for row in rows]
         return DeliveryCounts(
             received=received,
@@ -287,7 +295,13 @@ class MemoryStore:
             retried=sum(1 for row in rows if row["attempts"] > 1),
             attempts=sum(row["attempts"] for row in rows),
             quarantined=statuses.count(DeliveryStatus.QUARANTINED.value),
+            fallback=sum(1 for row in rows if _fallen_back(row)),
         )
+
+    def fallback_counts(self) -> dict[str, int]:
+        with self._lock:
+            names = [row["integration"] for row in self._deliveries.values() if _fallen_back(row)]
+        return {name: names.count(name) for name in sorted(set(names))}
 
     def latencies(self, limit: int = 100_000) -> list[float]:
         with self._lock:
@@ -403,6 +417,7 @@ class MemoryStore:
             next_attempt_at=now,
             created_at=now,
             delivered_at=None,
+            fallback=None,
             lease_owner=None,
             lease_expires_at=None,
             mapping=mapping,
@@ -470,6 +485,7 @@ class MemoryStore:
                 dict(e)
                 for e in self._events.values()
                 if e["seq"] > after_seq
+                and e["system"] != HUB_SYSTEM
                 and (where.since is None or e["received_at"] >= where.since)
                 and (where.until is None or e["received_at"] < where.until)
                 and (where.type is None or e["type"] == where.type)
@@ -509,6 +525,7 @@ class MemoryStore:
                         "delivered_at": None,
                         "last_status": None,
                         "last_error": None,
+                        "fallback": None,
                     }
                     routes[(d.event_id, d.integration, d.target)] = self._deliveries[delivery_id]
                     self._pending.add(delivery_id)
@@ -653,7 +670,11 @@ class MemoryStore:
                         "last_seen": c.last_seen,
                     }
                     if c.kind != "seen":
-                        self._notices.append({"id": next(self._notice_seq), **drift_notice(c, now)})
+                        notice = drift_notice(c, now)
+                        self._notices.append({"id": next(self._notice_seq), **notice})
+                        event = drift_event(notice, now)
+                        if event["id"] not in self._events:
+                            self._events[event["id"]] = {"seq": next(self._event_seq), **event}
                     continue
                 row["count"] += c.count
                 row["last_seen"] = max(row["last_seen"], c.last_seen)
@@ -675,10 +696,14 @@ class MemoryStore:
     def list_notices(self, team: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
             rows = [dict(n) for n in self._notices if team is None or n["team"] == team]
-        for row in rows:
-            row["detail"] = orjson.loads(row["detail"])
-        rows.sort(key=lambda r: r["id"], reverse=True)
-        return rows[:limit]
+            rows.sort(key=lambda r: r["id"], reverse=True)
+            rows = rows[:limit]
+            for row in rows:
+                row["detail"] = orjson.loads(row["detail"])
+            ids = [notice_event_id(r["kind"], r["detail"]) for r in rows]
+            logged = {i: dict(self._events[i]) for i in ids if i is not None and i in self._events}
+        with_events(rows, logged)
+        return rows
 
     # lineage
 
@@ -708,3 +733,8 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release; the data stays readable."""
+
+
+def _fallen_back(row: dict[str, Any]) -> bool:
+    """Delivered through a fallback while the target's breaker was open."""
+    return row["status"] == DeliveryStatus.DELIVERED.value and row.get("fallback") is not None

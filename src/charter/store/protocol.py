@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -212,12 +214,27 @@ def released_payload(payload: str, field_name: str) -> str:
     return orjson.dumps(data).decode()
 
 
+# The hub's own events in the log (drift notices): ``system`` is one no catalog system can
+# be named, so no integration routes them and replays and ``received`` counts leave them out.
+HUB_SYSTEM = "@hub"
+HUB_SOURCE = "charter://hub/governance"
+DRIFT_EVENT_TYPE = "charter.drift.detected"
+DRIFT_NOTICE = "drift.detected"
+_DRIFT_EVENTS = uuid.UUID("0b3f7c52-6a1e-4d8f-b2c9-5e4a7d1f9c36")
+
+
+def drift_event_id(system: str, event_type: str, kind: str, field: str, value: str) -> str:
+    """The event id (hub and CloudEvents) of the notice about one kind of drift: the same
+    for the same (system, event type, kind, field, value), so it is logged once."""
+    return str(uuid.uuid5(_DRIFT_EVENTS, "\x00".join((system, event_type, kind, field, value))))
+
+
 def drift_notice(count: DriftCount, now: float) -> dict[str, Any]:
     """The ``notices`` row telling the system's owner about a new kind of drift."""
     shown = f" = {count.value!r}" if count.value else ""
     return {
         "team": count.team,
-        "kind": "drift.detected",
+        "kind": DRIFT_NOTICE,
         "subject": f"{count.system} {count.event_type}: {count.kind} {count.field}{shown}",
         "detail": orjson.dumps(
             {
@@ -228,10 +245,68 @@ def drift_notice(count: DriftCount, now: float) -> dict[str, Any]:
                 "value": count.value,
                 "count": count.count,
                 "first_seen": count.first_seen,
+                "team": count.team,
             }
         ).decode(),
         "created_at": now,
     }
+
+
+def drift_event(notice: dict[str, Any], now: float) -> dict[str, Any]:
+    """The ``events`` row logging a drift notice (a row of :func:`drift_notice`) as a
+    CloudEvent of type ``charter.drift.detected``; its data is the notice's detail."""
+    detail = orjson.loads(notice["detail"])
+    ident = notice_event_id(notice["kind"], detail)
+    assert ident is not None
+    return {
+        "id": ident,
+        "system": HUB_SYSTEM,
+        "ce_id": ident,
+        "type": DRIFT_EVENT_TYPE,
+        "source": HUB_SOURCE,
+        "subject": f"{detail['system']}/{detail['event_type']}/{detail['field']}",
+        "time": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+        "received_at": now,
+        "data": notice["detail"],
+    }
+
+
+def notice_event_id(kind: str, detail: Any) -> str | None:
+    """The id of the event that logged a notice; None for a kind that is not logged."""
+    if kind != DRIFT_NOTICE or not isinstance(detail, dict):
+        return None
+    keys = ("system", "event_type", "kind", "field", "value")
+    if not all(isinstance(detail.get(k), str) for k in keys):
+        return None
+    return drift_event_id(*(detail[k] for k in keys))
+
+
+def cloud_event(row: dict[str, Any]) -> dict[str, Any]:
+    """An ``events`` row as a CloudEvents 1.0 JSON event (``data`` decoded)."""
+    found: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": row["ce_id"],
+        "source": row["source"],
+        "type": row["type"],
+        "datacontenttype": "application/json",
+    }
+    if row.get("subject") is not None:
+        found["subject"] = row["subject"]
+    if row.get("time") is not None:
+        found["time"] = row["time"]
+    data = row["data"]
+    found["data"] = orjson.loads(data) if isinstance(data, str | bytes) else data
+    return found
+
+
+def with_events(notices: list[dict[str, Any]], logged: dict[str, dict[str, Any]]) -> None:
+    """Add to each notice (``detail`` decoded) the ``event_id`` and the CloudEvent that logged
+    it, from ``logged`` (events rows by id); both None for a notice that has none."""
+    for row in notices:
+        ident = notice_event_id(row["kind"], row["detail"])
+        event = logged.get(ident) if ident is not None else None
+        row["event_id"] = event["id"] if event is not None else None
+        row["event"] = cloud_event(event) if event is not None else None
 
 
 @dataclass(frozen=True)
@@ -291,6 +366,9 @@ class AttemptResult:
     status_code: int | None = None
     error: str | None = None
     next_attempt_at: float | None = None
+    # Where the attempt went instead of the target (its breaker was open): the fallback
+    # system's name or ``file:PATH`` of a file drop. None: to the target itself.
+    fallback: str | None = None
 
 
 class ErrorClass(StrEnum):
@@ -445,6 +523,8 @@ class DeliveryCounts:
     retried: int
     attempts: int
     quarantined: int = 0
+    # Delivered through a fallback while the target's breaker was open (in ``delivered``).
+    fallback: int = 0
 
 
 class Store(Protocol):
@@ -473,6 +553,10 @@ class Store(Protocol):
     def next_due_at(self) -> float | None: ...
 
     def delivery_counts(self) -> DeliveryCounts: ...
+
+    def fallback_counts(self) -> dict[str, int]:
+        """Deliveries delivered through a fallback, per integration."""
+        ...
 
     def latencies(self, limit: int = 100_000) -> list[float]: ...
 
@@ -550,7 +634,9 @@ class Store(Protocol):
         ...
 
     def record_drift(self, counts: list[DriftCount]) -> int:
-        """Add counts to the drift table; a notice for each new row that is not ``seen``.
+        """Add counts to the drift table; a notice for each new row that is not ``seen``,
+        and in the same transaction its ``charter.drift.detected`` event in the log (one
+        per drift key, however often its notice is written; no deliveries).
 
         Returns how many rows were new.
         """
@@ -563,7 +649,9 @@ class Store(Protocol):
         ...
 
     def list_notices(self, team: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Notices to teams newest first, ``detail`` decoded."""
+        """Notices to teams newest first, ``detail`` decoded, with the ``event_id`` and the
+        CloudEvent (``event``) that logged each one (None for notices logged before events
+        were)."""
         ...
 
     # lineage

@@ -55,6 +55,8 @@ deliveries = Table(
     Column("delivered_at", Float),
     Column("last_status", Integer),
     Column("last_error", Text),
+    # Delivered to a fallback instead of the target: its system or file (migration 0009).
+    Column("fallback", Text),
     UniqueConstraint("event_id", "integration", "target", name="uq_delivery_event_target"),
     Index("ix_deliveries_due", "status", "next_attempt_at"),
 )
@@ -70,6 +72,7 @@ attempts = Table(
     Column("status_code", Integer),
     Column("outcome", String(16), nullable=False),
     Column("error", Text),
+    Column("fallback", Text),
 )
 
 idempotency_keys = Table(

@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from charter.errors import Conflict, NotFound, StoreError
 from charter.store.protocol import (
     ERROR_WORDS,
+    HUB_SYSTEM,
     AttemptResult,
     ClaimedDelivery,
     DeadLetterFilter,
@@ -59,10 +60,13 @@ from charter.store.protocol import (
     RecordTrail,
     ReplayDelivery,
     ReplayResult,
+    drift_event,
     drift_notice,
     held_rows,
+    notice_event_id,
     record_rows,
     released_payload,
+    with_events,
     write_rows,
 )
 from charter.store.schema import (
@@ -432,6 +436,7 @@ class SqlStore:
                     "b_delivered_at": now if r.outcome is Outcome.DELIVERED else None,
                     "b_last_status": r.status_code,
                     "b_last_error": r.error,
+                    "b_fallback": r.fallback,
                 }
                 for r in done
             ]
@@ -445,6 +450,7 @@ class SqlStore:
                     delivered_at=bindparam("b_delivered_at"),
                     last_status=bindparam("b_last_status"),
                     last_error=bindparam("b_last_error"),
+                    fallback=bindparam("b_fallback"),
                     lease_owner=None,
                     lease_expires_at=None,
                 ),
@@ -461,6 +467,7 @@ class SqlStore:
                         "status_code": r.status_code,
                         "outcome": r.outcome.value,
                         "error": r.error,
+                        "fallback": r.fallback,
                     }
                     for r in done
                 ],
@@ -498,6 +505,7 @@ class SqlStore:
     # reading
 
     def delivery_counts(self) -> DeliveryCounts:
+        fallen_back = (deliveries.c.status == "delivered") & deliveries.c.fallback.is_not(None)
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(
@@ -508,9 +516,13 @@ class SqlStore:
                     func.sum(case((deliveries.c.attempts > 1, 1), else_=0)),
                     func.sum(deliveries.c.attempts),
                     func.sum(case((deliveries.c.status == "quarantined", 1), else_=0)),
+                    func.sum(case((fallen_back, 1), else_=0)),
                 )
             ).one()
-            received = conn.execute(select(func.count()).select_from(events)).scalar_one()
+            # The hub's own events (drift notices) were not received from a system.
+            received = conn.execute(
+                select(func.count()).select_from(events).where(events.c.system != HUB_SYSTEM)
+            ).scalar_one()
         return DeliveryCounts(
             received=int(received),
             pending=int(row[1] or 0),
@@ -519,7 +531,20 @@ class SqlStore:
             retried=int(row[4] or 0),
             attempts=int(row[5] or 0),
             quarantined=int(row[6] or 0),
+            fallback=int(row[7] or 0),
         )
+
+    def fallback_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(deliveries.c.integration, func.count())
+                .where(
+                    deliveries.c.status == DeliveryStatus.DELIVERED.value,
+                    deliveries.c.fallback.is_not(None),
+                )
+                .group_by(deliveries.c.integration)
+            )
+            return {str(name): int(count) for name, count in rows}
 
     def latencies(self, limit: int = 100_000) -> list[float]:
         with self.engine.connect() as conn:
@@ -678,6 +703,8 @@ class SqlStore:
                 # The clock of end-to-end latency starts again with the new run.
                 created_at=now,
                 delivered_at=None,
+                # Where an earlier run went stays in its attempts.
+                fallback=None,
                 lease_owner=None,
                 lease_expires_at=None,
                 mapping=bindparam("b_mapping"),
@@ -709,6 +736,8 @@ class SqlStore:
         self, where: EventFilter, after_seq: int, limit: int
     ) -> list[dict[str, Any]]:
         query = select(events).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
+        # The hub's own events (drift notices) have no integration to replay to.
+        query = query.where(events.c.system != HUB_SYSTEM)
         if where.since is not None:
             query = query.where(events.c.received_at >= where.since)
         if where.until is not None:
@@ -1016,6 +1045,8 @@ class SqlStore:
             ]
             if told:
                 conn.execute(insert(notices), told)
+                # Logged as events too; a key noticed again (drift rows purged) is logged once.
+                conn.execute(self._insert_ignore(events), [drift_event(n, now) for n in told])
         return len(new)
 
     def drift_counts(
@@ -1039,8 +1070,17 @@ class SqlStore:
             query = query.where(notices.c.team == team)
         with self.engine.connect() as conn:
             rows = [_row(r._mapping) for r in conn.execute(query)]
-        for row in rows:
-            row["detail"] = orjson.loads(row["detail"])
+            for row in rows:
+                row["detail"] = orjson.loads(row["detail"])
+            ids = [i for i in (notice_event_id(r["kind"], r["detail"]) for r in rows) if i]
+            logged = {
+                e["id"]: e
+                for e in (
+                    _row(r._mapping)
+                    for r in conn.execute(select(events).where(events.c.id.in_(ids)))
+                )
+            }
+        with_events(rows, logged)
         return rows
 
     # lineage
