@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ import uvloop
 from charter.api import create_app
 from charter.delivery import DeliveryWorker, WorkerSettings, connectors_for, worker_id
 from charter.delivery.guard import resilience_for
+from charter.delivery.redis_state import REDIS_PREFIX_ENV, REDIS_URL_ENV
 from charter.engine.runner import ProcessRunner, RunnerSettings
 from charter.engine.schedule import Scheduler
 from charter.errors import StoreError
@@ -64,7 +66,12 @@ class Workers:
         self.hub = hub
         name = worker_id()
         resilience = resilience_for(
-            hub.project, ResilienceStore(hub.store.engine), name, shared_rows=hub.store.is_postgres
+            hub.project,
+            ResilienceStore(hub.store.engine),
+            name,
+            shared_rows=hub.store.is_postgres,
+            redis_url=os.environ.get(REDIS_URL_ENV) or None,
+            redis_prefix=os.environ.get(REDIS_PREFIX_ENV) or None,
         )
         self.delivery = DeliveryWorker(
             hub.router,

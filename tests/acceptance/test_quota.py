@@ -58,8 +58,9 @@ def test_three_integrations_and_two_workers_stay_within_50_per_second_and_honour
         api = hubs[0].client
         # 120 events, 3 deliveries each: 7 s of budget at 50/s.
         post_events(api, [event(f"q-{n}") for n in range(120)])
-        time.sleep(2.5)
-        # The target tightens its limit for a while: it answers 429 with Retry-After: 1.
+        # Once deliveries flow (workers may take seconds to start on a loaded machine),
+        # the target tightens its limit for a while: it answers 429 with Retry-After: 1.
+        wait_until(lambda: target.report()["received"], lambda n: n >= 50, 60)
         target.fault(rate_limit_per_s=10)
         time.sleep(2.0)
         target.fault(rate_limit_per_s=50)

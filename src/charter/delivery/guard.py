@@ -29,6 +29,8 @@ from charter.catalog.model import Tier
 from charter.connectors import Connector, TargetRequest, TargetResponse
 from charter.delivery.breaker import BreakerPolicy, BreakerRecord, BreakerState, Tally
 from charter.delivery.quota import TIERS, QuotaBudget, QuotaPolicy, QuotaWait
+from charter.delivery.redis_state import RedisState
+from charter.delivery.redis_state import redis_prefix as redis_prefix_for
 from charter.delivery.shared import DatabaseState, LocalState, SharedState
 from charter.errors import ConnectorError, RateLimited
 from charter.store.resilience import BreakerKey, ResilienceStore, UsageRow
@@ -355,10 +357,24 @@ class Resilience:
 
 
 def resilience_for(
-    project: Project, store: ResilienceStore, worker: str, *, shared_rows: bool
+    project: Project,
+    store: ResilienceStore,
+    worker: str,
+    *,
+    shared_rows: bool,
+    redis_url: str | None = None,
+    redis_prefix: str | None = None,
 ) -> Resilience:
-    """Quota and breakers for a process: in rows every worker locks when ``shared_rows``
-    (PostgreSQL, several processes), else in this process, saved to ``store`` for the API."""
+    """Quota and breakers for a process: in Redis when ``redis_url`` is given (on any
+    database; keys under ``redis_prefix``, by default ``charter:<project>:``), else in
+    rows every worker locks when ``shared_rows`` (PostgreSQL, several processes), else in
+    this process; the API reads them from ``store`` in every case.
+
+    Raises :class:`~charter.errors.StoreError` when Redis cannot be reached."""
+    if redis_url:
+        prefix = redis_prefix if redis_prefix is not None else redis_prefix_for(project.name)
+        state = RedisState.connect(redis_url, store, prefix=prefix)
+        return Resilience(project, state, worker, store=store)
     if shared_rows:
         return Resilience(project, DatabaseState(store), worker, store=store)
     local = LocalState(store)

@@ -2,7 +2,8 @@
 
 Quota use per flow is reported by the workers about once a second; bucket and
 breaker rows are current on PostgreSQL and at most about a second old on SQLite
-(where one process keeps them in memory and saves them).
+(where one process keeps them in memory and saves them) and with Redis (where
+one worker at a time copies them to the database).
 """
 
 from __future__ import annotations

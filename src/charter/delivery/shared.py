@@ -6,25 +6,37 @@ alone) and in tests — and writes snapshots to the database for ``charter
 quota`` and the API, and to start from after a restart. :class:`DatabaseState`
 changes a row under ``SELECT ... FOR UPDATE`` on the database clock for every
 lease and breaker change, so all ``charter worker`` processes on PostgreSQL
-share one bucket and one breaker per system. Both run the same pure functions
-(:mod:`charter.delivery.quota`, :mod:`charter.delivery.breaker`).
+share one bucket and one breaker per system. :class:`~charter.delivery.redis_state.RedisState`
+keeps them in Redis when ``CHARTER_REDIS_URL`` is set, on SQLite and PostgreSQL alike.
+All three run the same pure functions (:mod:`charter.delivery.quota`,
+:mod:`charter.delivery.breaker`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from charter.catalog.model import Tier
 from charter.delivery import breaker as br
-from charter.delivery.breaker import Admission, BreakerPolicy, BreakerRecord, Tally, Transition
+from charter.delivery.breaker import (
+    Admission,
+    BreakerPolicy,
+    BreakerRecord,
+    Tally,
+    Transition,
+)
 from charter.delivery.quota import BucketState, Lease, QuotaPolicy, allocate, pause
 from charter.store.resilience import BreakerKey, ResilienceStore, UsageRow
 
+log = logging.getLogger("charter.resilience")
 
-def _transition_row(t: Transition) -> dict[str, Any]:
+
+def transition_row(t: Transition) -> dict[str, Any]:
+    """A transition as the ``breaker_transitions`` row it is recorded as."""
     return {
         "from_state": t.from_state.value,
         "to_state": t.to_state.value,
@@ -107,7 +119,7 @@ class LocalState:
             self.records[key] = record
             self._changed_records.add(key)
         if transitions:
-            self._transitions.setdefault(key, []).extend(_transition_row(t) for t in transitions)
+            self._transitions.setdefault(key, []).extend(transition_row(t) for t in transitions)
 
     async def observe(
         self, key: BreakerKey, policy: BreakerPolicy, tally: Tally, worker: str
@@ -181,7 +193,7 @@ class DatabaseState:
         ) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
             record = BreakerRecord.from_json(data) if data else BreakerRecord(since=now)
             record, result, transitions = step(record, now)
-            return record.to_json(), result, [_transition_row(t) for t in transitions]
+            return record.to_json(), result, [transition_row(t) for t in transitions]
 
         return await asyncio.to_thread(self.store.change_breaker, key, change)
 
