@@ -1,0 +1,134 @@
+"""What the SQL store's parts share: the engine, write transactions, the database clock.
+
+The dialect comes from the URL. SQLite runs in WAL mode with ``synchronous=FULL``
+and write transactions that start with ``BEGIN IMMEDIATE``; one process owns
+the file. PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` and reads lease
+time from the database clock, so any number of processes on any hosts can share it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import orjson
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from charter.errors import StoreError
+from charter.store.protocol import DeliveryAction, IngestBatch, NewEvent, Operator
+
+
+def action_row(
+    delivery_id: int | None,
+    action: DeliveryAction,
+    who: Operator,
+    now: float,
+    details: dict[str, Any],
+    replay_id: str | None = None,
+) -> dict[str, Any]:
+    """A ``delivery_actions`` row: who did what to a delivery (or a replay), when and why."""
+    return {
+        "delivery_id": delivery_id,
+        "replay_id": replay_id,
+        "action": action.value,
+        "by": who.by,
+        "reason": who.reason,
+        "at": now,
+        "details": orjson.dumps(details).decode(),
+    }
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for ``url`` with Charter's durability settings."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control from pysqlite so BEGIN IMMEDIATE can be issued.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql+"):
+        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    raise StoreError(
+        f"unsupported database URL {url.split('://')[0]!r}",
+        fix="use sqlite:///path/to/charter.db or postgresql://user@host/db",
+    )
+
+
+class AppendExtension(Protocol):
+    """Work done inside the transaction that appends events."""
+
+    def before_append(self, conn: Connection, batches: list[IngestBatch]) -> None: ...
+
+    def after_append(self, conn: Connection, events: list[NewEvent], now: float) -> None: ...
+
+
+def row_dict(mapping: Any) -> dict[str, Any]:
+    """A result row as a plain dict."""
+    # Column keys are SQLAlchemy's quoted_name, a str subclass JSON encoders refuse.
+    return {str(key): value for key, value in mapping.items()}
+
+
+class SqlBase:
+    """The engine and transactions every part of :class:`~charter.store.sql.SqlStore` uses."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+        # SQLite has one writer; queueing writers in-process avoids busy-wait storms.
+        self._write_lock = threading.Lock() if not self.is_postgres else None
+        # Work that must commit with appended events (process triggers and waits).
+        self.append_extensions: list[AppendExtension] = []
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            if self._write_lock is None:
+                with self.engine.begin() as conn:
+                    yield conn
+            else:
+                with self._write_lock, self.engine.begin() as conn:
+                    yield conn
+        except OperationalError as exc:
+            raise StoreError(
+                f"the database refused a write: {exc.orig}",
+                fix="check that the database is up and migrated ('charter db upgrade')",
+            ) from exc
+        except IntegrityError as exc:
+            raise StoreError(
+                f"the write breaks a constraint of the store: {exc.orig}",
+                fix="this is a bug in the caller; report it with the request that caused it",
+            ) from exc
+
+    def _now(self, conn: Connection) -> float:
+        if self.is_postgres:
+            return float(
+                conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one()
+            )
+        return time.time()
+
+    def _insert_ignore(self, table: Any) -> Any:
+        if self.is_postgres:
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
