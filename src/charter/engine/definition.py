@@ -68,14 +68,9 @@ class CompiledStep:
     child_input: CompiledFields | None = None
     correlation: Path | None = None
     until: Path | None = None
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
-
-    @property
-    def kind(self) -> str:
-        return self.spec.kind
+    # The step's kind and id, read on every transition: worked out once here.
+    kind: str = ""
+    id: str = ""
 
 
 def _fields(rules: dict[str, FieldRule] | None, owner: str) -> CompiledFields | None:
@@ -128,6 +123,8 @@ class Definition:
             extra["until"] = parse_path(step.sleep.until)
         return CompiledStep(
             spec=step,
+            kind=step.kind,
+            id=step.id,
             parent=parent,
             retry=step.retry or self.spec.retry,
             output=_fields(step.output, owner),

@@ -128,12 +128,17 @@ def new_state(instance: str, business_key: str, input_: Any) -> dict[str, Any]:
 class _Run:
     """One transition being computed on a private copy of the state."""
 
-    def __init__(self, definition: Definition, state: dict[str, Any], now: float) -> None:
+    def __init__(
+        self, definition: Definition, state: dict[str, Any], now: float, *, copy: bool = True
+    ) -> None:
         self.d = definition
-        self.s: dict[str, Any] = orjson.loads(orjson.dumps(state))
+        # ``copy=False`` takes a state the caller has already made private.
+        self.s: dict[str, Any] = orjson.loads(orjson.dumps(state)) if copy else state
         self.now = now
         self.commands: list[Command] = []
         self.history: list[dict[str, Any]] = []
+        # Off when only the commands are wanted (`outstanding`): no timeline to build.
+        self.recording = True
 
     # bookkeeping
 
@@ -255,7 +260,7 @@ class _Run:
     def start(self, step: CompiledStep) -> None:
         spec, entry = step.spec, self.st(step.id)
         entry.update({"status": STEP_RUNNING, "started": self.now})
-        self.log(step.id, "started", kind=spec.kind)
+        self.log(step.id, "started", kind=step.kind)
         try:
             if spec.call is not None or spec.task is not None:
                 self.attempt(step)
@@ -379,7 +384,8 @@ class _Run:
                     timeout=spec.timeout,
                 )
             )
-        self.log(step.id, "attempt", attempt=attempt, request=_shown(self.commands[-1]))
+        if self.recording:
+            self.log(step.id, "attempt", attempt=attempt, request=_shown(self.commands[-1]))
 
     def complete(self, step: CompiledStep, output: Any) -> None:
         entry = self.st(step.id)
@@ -844,9 +850,23 @@ def outstanding(definition: Definition, state: dict[str, Any]) -> list[Command]:
     """
     if state["status"] in TERMINAL:
         return []
-    run = _Run(definition, state, 0.0)
+    steps: dict[str, Any] = state["steps"]
+    if not any(e["status"] in (STEP_RUNNING, UNDOING) for e in steps.values()):
+        return []
+    # Re-issuing changes only step entries (and, for a compensation that cannot be built,
+    # the status); the context is copied too, as commands may carry parts of it to handlers.
+    private = {
+        **state,
+        "context": orjson.loads(orjson.dumps(state["context"])),
+        "steps": {sid: dict(e) for sid, e in steps.items()},
+        "timers": dict(state["timers"]),
+        "waits": dict(state["waits"]),
+        "completed": list(state["completed"]),
+    }
+    run = _Run(definition, private, 0.0, copy=False)
+    run.recording = False
     commands: list[Command] = []
-    for sid, entry in state["steps"].items():
+    for sid, entry in steps.items():
         step = definition.steps.get(sid)
         if step is None:
             continue

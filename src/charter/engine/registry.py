@@ -32,13 +32,17 @@ class Definitions:
         self._specs = specs
         self._compiled: dict[tuple[str, int], Definition] = {}
         self._saved: set[tuple[str, int]] = set()
+        # The newest version of each process, which every start looks up.
+        self._latest: dict[str, int] = {}
+        for n, v in specs:
+            self._latest[n] = max(v, self._latest.get(n, v))
 
     def latest(self, name: str) -> Definition:
-        versions = [v for (n, v) in self._specs if n == name]
-        if not versions:
+        version = self._latest.get(name)
+        if version is None:
             known = ", ".join(sorted({n for n, _ in self._specs})) or "none"
             raise NotFound(f"there is no process {name!r}", fix=f"use one of: {known}")
-        return self.get(name, max(versions))
+        return self.get(name, version)
 
     def get(self, name: str, version: int) -> Definition:
         key = (name, version)

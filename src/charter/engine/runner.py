@@ -149,15 +149,15 @@ class ProcessRunner:
         self._stopping.set()
         self._wake.set()
 
-    def adopt(self, records: list[InstanceRecord]) -> None:
+    def adopt(self, started: list[InstanceWrite]) -> None:
         """Take over instances this process just started, committed already leased to us:
         their first calls go out at once, with no claim in between."""
-        for record in records:
-            if record.id in self._held:
+        for write in started:
+            if write.instance.id in self._held:
                 continue
-            held = self._hold(record)
+            held = self._hold(write.instance)
             if held is not None:
-                self._dispatch(held)
+                self._dispatch(held, write.effects)
 
     def _hold(self, record: InstanceRecord) -> _Held | None:
         """Hold ``record`` with its definition; None (and an error in the log naming the
@@ -270,15 +270,13 @@ class ProcessRunner:
         writes: list[InstanceWrite] = []
         for instance, (events, consumed) in touched.items():
             held = self._held[instance]
-            if (
-                not events
-                and not consumed
-                and machine.outstanding(held.definition, held.record.state)
-            ):
-                # Freshly claimed with calls outstanding and nothing new: the claim already
-                # holds it and keeps it due, so there is nothing to commit before the calls.
-                self._dispatch(held)
-                continue
+            if not events and not consumed:
+                effects = machine.outstanding(held.definition, held.record.state)
+                if effects:
+                    # Freshly claimed with calls outstanding and nothing new: the claim
+                    # already holds it and keeps it due, so nothing to commit before them.
+                    self._dispatch(held, effects)
+                    continue
             transition = self._apply(held, events, now)
             writes.append(
                 self.planner.write(held.record, transition, now, consumed=consumed, keep_lease=True)
@@ -300,7 +298,7 @@ class ProcessRunner:
             if not write.keep_lease:
                 self._held.pop(instance, None)
                 continue
-            self._dispatch(held)
+            self._dispatch(held, write.effects)
         return True
 
     def _apply(self, held: _Held, events: list[Event], now: float) -> Transition:
@@ -318,9 +316,10 @@ class ProcessRunner:
         combined.state = state
         return combined
 
-    def _dispatch(self, held: _Held) -> None:
-        """Start the calls and tasks the state has outstanding and not already in flight."""
-        for command in machine.outstanding(held.definition, held.record.state):
+    def _dispatch(self, held: _Held, effects: list[Any]) -> None:
+        """Start the calls and tasks the state has outstanding (``effects``, as
+        `machine.outstanding` gives them) and not already in flight."""
+        for command in effects:
             assert isinstance(command, Call | RunTask)
             token = (command.step, command.attempt, command.compensation)
             if token in held.in_flight:

@@ -16,7 +16,6 @@ from charter.errors import BadRequest, Conflict, NotFound
 from charter.hub.commit import MAX_GROUP, GroupCommitter
 from charter.store.processes import (
     InboxItem,
-    InstanceRecord,
     InstanceWrite,
     SqlProcessStore,
     WriteResult,
@@ -40,12 +39,12 @@ class ProcessService:
         # The runner in this process, when there is one: instances started here with calls
         # to make are committed already leased to it and handed over without a claim.
         self.owner: str | None = None
-        self._adopt: Callable[[list[InstanceRecord]], None] | None = None
+        self._adopt: Callable[[list[InstanceWrite]], None] | None = None
         self.starts: GroupCommitter[InstanceWrite, WriteResult] = GroupCommitter(
             lambda writes: store.write(self.owner, writes)
         )
 
-    def hand_starts_to(self, owner: str, adopt: Callable[[list[InstanceRecord]], None]) -> None:
+    def hand_starts_to(self, owner: str, adopt: Callable[[list[InstanceWrite]], None]) -> None:
         """Give instances started through the API to the runner ``owner`` of this process."""
         self.owner, self._adopt = owner, adopt
 
@@ -71,7 +70,7 @@ class ProcessService:
         return [(r.id, r.outcome == "ok") for r in results]
 
     def _adopted(self, started: list[tuple[InstanceWrite, WriteResult]]) -> None:
-        held = [w.instance for w, r in started if w.keep_lease and r.outcome == "ok"]
+        held = [w for w, r in started if w.keep_lease and r.outcome == "ok"]
         if held and self._adopt is not None:
             self._adopt(held)
 

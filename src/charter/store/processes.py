@@ -36,7 +36,8 @@ from charter.store.schema import (
     process_instances,
     process_waits,
 )
-from charter.store.sql import SqlStore, _row
+from charter.store.sql import SqlStore
+from charter.store.sql_base import row_dict
 
 PROCESSES_CHANNEL = "charter_processes"
 TERMINAL_STATUSES = ("completed", "compensated", "cancelled", "terminated")
@@ -89,6 +90,9 @@ class InstanceWrite:
     children: list[InstanceWrite] = field(default_factory=list)
     escalations: list[tuple[str, str, str]] = field(default_factory=list)
     parent_message: tuple[str, str, dict[str, Any]] | None = None
+    # The calls and tasks the new state has outstanding, to make once it is committed
+    # (worked out with the write, so the worker need not work them out again).
+    effects: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,25 @@ class SqlProcessStore:
     def __init__(self, store: SqlStore) -> None:
         self.store = store
         self.engine = store.engine
+        # The statements every transition runs, built once: SQLAlchemy then finds their
+        # compiled form in its cache without building and hashing a new statement each time.
+        self._insert_instances = self.store._insert_ignore(process_instances).returning(
+            process_instances.c.id
+        )
+        self._update_leased = (
+            update(process_instances)
+            .where(process_instances.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"),
+                state=bindparam("b_state"),
+                next_wake_at=bindparam("b_wake"),
+                lease_owner=bindparam("b_owner"),
+                lease_expires_at=bindparam("b_expires"),
+                updated_at=bindparam("b_now"),
+            )
+        )
+        self._insert_history = insert(process_history)
+        self._insert_waits = insert(process_waits)
 
     # definitions
 
@@ -193,6 +216,9 @@ class SqlProcessStore:
             updates = [(n, w) for n, w in enumerate(writes) if not w.new]
             if worker is not None and updates:
                 results.update(self._update_many(conn, worker, updates, now, lease_seconds))
+            starts = [(n, w) for n, w in enumerate(writes) if w.new]
+            if len(starts) > 1:
+                results.update(self._insert_many(conn, worker, starts, now, lease_seconds))
             for n, w in enumerate(writes):
                 if n not in results:
                     results[n] = self._write_one(conn, worker, w, now, lease_seconds)
@@ -230,16 +256,7 @@ class SqlProcessStore:
         if not done:
             return results
         conn.execute(
-            update(process_instances)
-            .where(process_instances.c.id == bindparam("b_id"))
-            .values(
-                status=bindparam("b_status"),
-                state=bindparam("b_state"),
-                next_wake_at=bindparam("b_wake"),
-                lease_owner=bindparam("b_owner"),
-                lease_expires_at=bindparam("b_expires"),
-                updated_at=now,
-            ),
+            self._update_leased,
             [
                 {
                     "b_id": w.instance.id,
@@ -248,28 +265,90 @@ class SqlProcessStore:
                     "b_wake": w.next_wake_at,
                     "b_owner": worker if w.keep_lease else None,
                     "b_expires": now + lease if w.keep_lease else None,
+                    "b_now": now,
                 }
                 for w in done
             ],
         )
-        history = [row for w in done for row in _history_rows(w, now)]
-        if history:
-            conn.execute(insert(process_history), history)
         stale = [w.instance.id for w in done if w.had_waits]
         if stale:
             conn.execute(delete(process_waits).where(process_waits.c.instance_id.in_(stale)))
+        self._rows_of(conn, done, now, lease)
+        for n, w in updates:
+            if w.instance.id in owned:
+                results[n] = WriteResult("ok", w.instance.id)
+        return results
+
+    def _insert_many(
+        self,
+        conn: Connection,
+        worker: str | None,
+        starts: list[tuple[int, InstanceWrite]],
+        now: float,
+        lease: float,
+    ) -> dict[int, WriteResult]:
+        """New instances, a few statements for all of them; a process and business key
+        already taken (before, or earlier in the same group) answer ``exists``."""
+        first: dict[str, InstanceWrite] = {}
+        for _, w in starts:
+            first.setdefault(w.instance.id, w)
+        inserted = {
+            str(x)
+            for x in conn.execute(
+                self._insert_instances,
+                [
+                    {
+                        "id": w.instance.id,
+                        "process": w.instance.process,
+                        "version": w.instance.version,
+                        "business_key": w.instance.business_key,
+                        "parent_id": w.instance.parent_id,
+                        "parent_step": w.instance.parent_step,
+                        "created_at": now,
+                        "status": w.instance.status,
+                        "state": _json(w.instance.state),
+                        "next_wake_at": w.next_wake_at,
+                        "lease_owner": worker if w.keep_lease else None,
+                        "lease_expires_at": now + lease if w.keep_lease else None,
+                        "updated_at": now,
+                    }
+                    for w in first.values()
+                ],
+            ).scalars()
+        }
+        done = [w for ident, w in first.items() if ident in inserted]
+        self._rows_of(conn, done, now, lease)
+        results: dict[int, WriteResult] = {}
+        for n, w in starts:
+            i = w.instance
+            if i.id in inserted and first[i.id] is w:
+                results[n] = WriteResult("ok", i.id)
+                continue
+            existing = conn.execute(
+                select(process_instances.c.id).where(
+                    process_instances.c.process == i.process,
+                    process_instances.c.business_key == i.business_key,
+                )
+            ).scalar_one()
+            results[n] = WriteResult("exists", str(existing))
+        return results
+
+    def _rows_of(
+        self, conn: Connection, done: list[InstanceWrite], now: float, lease: float
+    ) -> None:
+        """What commits with the instance rows of ``done``: history, waits, consumed inbox
+        items, side effects (stale waits are already deleted)."""
+        history = [row for w in done for row in _history_rows(w, now)]
+        if history:
+            conn.execute(self._insert_history, history)
         waits = [{"instance_id": w.instance.id, **vars(x)} for w in done for x in w.waits]
         if waits:
-            conn.execute(insert(process_waits), waits)
+            conn.execute(self._insert_waits, waits)
         consumed = [item for w in done for item in w.consumed]
         if consumed:
             conn.execute(delete(process_inbox).where(process_inbox.c.id.in_(consumed)))
         for w in done:
             self._side_effects(conn, w, now, lease)
-        for n, w in updates:
-            if w.instance.id in owned:
-                results[n] = WriteResult("ok", w.instance.id)
-        return results
 
     def _write_one(
         self, conn: Connection, worker: str | None, w: InstanceWrite, now: float, lease: float
@@ -285,7 +364,7 @@ class SqlProcessStore:
         }
         if w.new:
             inserted = conn.execute(
-                self.store._insert_ignore(process_instances).returning(process_instances.c.id),
+                self._insert_instances,
                 {
                     "id": i.id,
                     "process": i.process,
@@ -312,7 +391,7 @@ class SqlProcessStore:
             if conn.execute(update(process_instances).where(owned).values(**values)).rowcount == 0:
                 return WriteResult("lost", i.id)
         if w.history:
-            conn.execute(insert(process_history), _history_rows(w, now))
+            conn.execute(self._insert_history, _history_rows(w, now))
         if not w.new:
             conn.execute(delete(process_waits).where(process_waits.c.instance_id == i.id))
         if w.waits:
@@ -595,7 +674,7 @@ class SqlProcessStore:
         if until is not None:
             query = query.where(process_instances.c.created_at < until)
         with self.engine.connect() as conn:
-            return [_row(r._mapping) for r in conn.execute(query)]
+            return [row_dict(r._mapping) for r in conn.execute(query)]
 
     def counts(self, process: str | None = None) -> dict[str, int]:
         query = select(process_instances.c.status, func.count()).group_by(
@@ -627,7 +706,7 @@ class SqlProcessStore:
         if team is not None:
             query = query.where(escalations.c.team == team)
         with self.engine.connect() as conn:
-            return [_row(r._mapping) for r in conn.execute(query)]
+            return [row_dict(r._mapping) for r in conn.execute(query)]
 
     def waits_for(
         self, system: str, type_: str, field_: str, values: list[str]

@@ -30,9 +30,6 @@ from charter.store.sql_base import AppendExtension, create_store_engine, row_dic
 from charter.store.sql_deadletters import DeadLetterSql
 from charter.store.sql_governance import GovernanceSql
 
-# Processes read rows with the same helper.
-_row = row_dict
-
 
 class SqlStore(DeadLetterSql, GovernanceSql):
     """:class:`Store` on SQLite or PostgreSQL."""
