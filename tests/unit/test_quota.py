@@ -245,3 +245,57 @@ async def _the_concurrency_cap_holds_calls_until_a_slot_is_given_back() -> None:
 
     await asyncio.gather(*(call() for _ in range(8)))
     assert peak == 2
+
+
+def test_a_lease_that_meets_its_demand_hands_a_reserve_to_the_tier_it_served() -> None:
+    big = policy(rate=10_000, burst=2_000)
+    assert big.reserve == 500  # 50 ms of the rate, within half the burst
+    assert policy(rate=10_000, burst=100).reserve == 50  # half the burst
+    assert policy(rate=100, burst=10).reserve == 0  # too small to be worth it
+    assert policy(rate=10_000, burst=2_000, daily=10**6).reserve == 0  # every token counts
+    state, lease = allocate(BucketState.full(big, T0), big, {OP: 3, INFO: 2}, "w1", T0)
+    assert lease.grants == {OP: 3 + 500, INFO: 2}
+    assert (lease.reserve, lease.reserve_tier) == (500, OP)
+    assert state.tokens == pytest.approx(2_000 - 505)
+    # A tier hungry at another worker: no reserve, so the tokens stay for it.
+    state, _ = allocate(state, big, {RC: 2_000}, "w2", T0)
+    _, held = allocate(state, big, {OP: 1}, "w1", T0 + 0.001)
+    assert held.reserve == 0
+
+
+def test_the_reserve_serves_the_next_callers_of_its_tier_without_a_lease() -> None:
+    asyncio.run(_the_reserve_serves_the_next_callers_of_its_tier_without_a_lease())
+
+
+class CountingState(LocalState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.leases = 0
+
+    async def lease(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        self.leases += 1
+        return await super().lease(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def _the_reserve_serves_the_next_callers_of_its_tier_without_a_lease() -> None:
+    shared = CountingState()
+    budget = QuotaBudget("erp", policy(rate=10_000, burst=2_000), shared, "w")
+    for _ in range(100):  # one at a time, as deliveries arrive
+        async with budget.take(OP, "orders"):
+            pass
+    assert shared.leases == 1
+    assert budget.flush_usage()["orders"].granted == 100
+    # Another tier does not take this tier's reserve; a 429 drops the reserve.
+    async with budget.take(INFO, "feed"):
+        pass
+    assert shared.leases == 2
+    await budget.pause(budget.clock() + 0.01)
+    await asyncio.sleep(0.02)
+    async with budget.take(INFO, "feed"):
+        pass
+    assert shared.leases == 3
+    # A reserve is held 50 ms at most.
+    await asyncio.sleep(0.06)
+    async with budget.take(INFO, "feed"):
+        pass
+    assert shared.leases == 4
