@@ -28,6 +28,7 @@ from charter.catalog.model import (
     System,
     Target,
     Team,
+    VersionedRef,
 )
 from charter.catalog.yamlsrc import Document, read_documents
 from charter.engine.spec import ProcessSpec, walk
@@ -467,36 +468,61 @@ def _check_references(
         for n, target in enumerate(i.targets):
             if not system("Integration", name, target.system, f"/targets/{n}/system"):
                 continue
-            if project.systems[target.system].connector is None:
-                problem(
-                    "Integration",
-                    name,
-                    f"/targets/{n}/system",
-                    f"target system {target.system!r} has no connector",
-                    f"add 'connector:' with a base_url to system {target.system!r}",
-                )
-            tm = project.mappings.get((target.mapping.name, target.mapping.version))
-            if tm is None:
-                problem(
-                    "Integration",
-                    name,
-                    f"/targets/{n}/mapping",
-                    f"mapping {target.mapping} is not defined",
-                    "add that mapping version or fix the reference",
-                )
-            elif (tm.source.entity, tm.source.version) != entity_key or (
-                tm.target.system != target.system
-            ):
-                problem(
-                    "Integration",
-                    name,
-                    f"/targets/{n}/mapping",
-                    f"mapping {target.mapping} does not map {i.entity} to system {target.system!r}",
-                    "name a mapping whose source is this entity and target this system",
-                )
+            _check_call(
+                project,
+                name,
+                f"/targets/{n}",
+                "target",
+                target.system,
+                target.mapping,
+                entity_key,
+                problem,
+            )
             if target.fallback is not None:
                 _check_fallback(project, name, n, target, entity_key, problem, system)
     _check_processes(project, problem, team, domain, system)
+
+
+def _check_call(
+    project: Project,
+    name: str,
+    at: str,
+    role: str,
+    system_name: str,
+    mapping: VersionedRef,
+    entity_key: tuple[str, int],
+    problem: Any,
+) -> None:
+    """A system an integration calls (as its ``role``: target or fallback) at ``at``: it
+    needs a connector, and ``mapping`` must map the integration's entity to it."""
+    if project.systems[system_name].connector is None:
+        problem(
+            "Integration",
+            name,
+            f"{at}/system",
+            f"{role} system {system_name!r} has no connector",
+            f"add 'connector:' with a base_url to system {system_name!r}",
+        )
+    found = project.mappings.get((mapping.name, mapping.version))
+    if found is None:
+        problem(
+            "Integration",
+            name,
+            f"{at}/mapping",
+            f"mapping {mapping} is not defined",
+            "add that mapping version or fix the reference",
+        )
+    elif (found.source.entity, found.source.version) != entity_key or (
+        found.target.system != system_name
+    ):
+        problem(
+            "Integration",
+            name,
+            f"{at}/mapping",
+            f"mapping {mapping} does not map {entity_key[0]}@{entity_key[1]} to system "
+            f"{system_name!r}",
+            f"name a mapping from this entity to the {role} system {system_name!r}",
+        )
 
 
 def _check_fallback(
@@ -533,34 +559,9 @@ def _check_fallback(
                 "name another system, or use 'file: {dir}' or 'park'",
             )
         elif system("Integration", name, to.system, f"{at}/to/system"):
-            if project.systems[to.system].connector is None:
-                problem(
-                    "Integration",
-                    name,
-                    f"{at}/to/system",
-                    f"fallback system {to.system!r} has no connector",
-                    f"add 'connector:' with a base_url to system {to.system!r}",
-                )
-            fm = project.mappings.get((to.mapping.name, to.mapping.version))
-            if fm is None:
-                problem(
-                    "Integration",
-                    name,
-                    f"{at}/to/mapping",
-                    f"mapping {to.mapping} is not defined",
-                    "add that mapping version or fix the reference",
-                )
-            elif (fm.source.entity, fm.source.version) != entity_key or (
-                fm.target.system != to.system
-            ):
-                problem(
-                    "Integration",
-                    name,
-                    f"{at}/to/mapping",
-                    f"mapping {to.mapping} does not map {entity_key[0]}@{entity_key[1]} to "
-                    f"system {to.system!r}",
-                    "name a mapping whose source is this entity and target the fallback system",
-                )
+            _check_call(
+                project, name, f"{at}/to", "fallback", to.system, to.mapping, entity_key, problem
+            )
     if fallback.file is not None:
         folder = project.root / fallback.file.dir
         try:
