@@ -299,3 +299,23 @@ async def _the_reserve_serves_the_next_callers_of_its_tier_without_a_lease() -> 
     async with budget.take(INFO, "feed"):
         pass
     assert shared.leases == 4
+
+
+def test_callers_held_by_the_concurrency_cap_are_served_from_the_reserve_in_turn() -> None:
+    asyncio.run(_callers_held_by_the_concurrency_cap_are_served_from_the_reserve_in_turn())
+
+
+async def _callers_held_by_the_concurrency_cap_are_served_from_the_reserve_in_turn() -> None:
+    shared = CountingState()
+    budget = QuotaBudget("erp", policy(rate=10_000, burst=2_000, concurrency=1), shared, "w")
+    order: list[int] = []
+
+    async def call(n: int) -> None:
+        async with budget.take(OP, "orders"):
+            order.append(n)
+            await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(call(n) for n in range(5)))
+    # One lease for the first; the others waited for the slot and took reserved tokens.
+    assert order == [0, 1, 2, 3, 4]
+    assert shared.leases == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -14,8 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from charter.errors import BadRequest
+from charter.errors import BadRequest, CharterError
 from charter.runtime import Hub
+
+log = logging.getLogger("charter.api")
 
 # The most instances one batch start takes.
 MAX_BATCH = 1000
@@ -275,9 +278,14 @@ class FastStarts:
             ident, created = await self.service.start_async(
                 process, request.business_key, request.input
             )
+        except (ValidationError, CharterError):
+            # A bad body, an unknown process, a refused start: the app answers these with
+            # its problem+json, from the start (a start is idempotent by business key).
+            return None
         except Exception:
-            # Not an answer this path gives: the app handles the request from the start and
-            # answers with its problem+json (the start is idempotent by business key).
+            # Unexpected: logged here with its cause; the app then tries the request once
+            # more and answers as it answers any error (problem+json, 500 if it persists).
+            log.exception("a start of process %r failed on the fast path", process)
             return None
         return (201 if created else 200), orjson.dumps({"id": ident, "created": created})
 

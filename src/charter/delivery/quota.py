@@ -377,8 +377,10 @@ class QuotaBudget:
     def waiting(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    def _from_reserve(self, tier: Tier) -> bool:
-        """Take a reserved token and a slot for a ``tier`` call, if the reserve allows."""
+    def _take_reserved(self, tier: Tier, *, head: bool) -> bool:
+        """Take a reserved token and a slot for a ``tier`` call when the reserve is for
+        ``tier``, has not lapsed, a slot is free, and no caller before it waits (``head``:
+        the call is the first waiter of its tier, not a new one)."""
         if self._reserve <= 0 or tier is not self._reserve_tier:
             return False
         if self.clock() >= self._reserve_until:
@@ -386,31 +388,24 @@ class QuotaBudget:
             return False
         if self._concurrency is not None and self._in_flight >= self._concurrency:
             return False
-        # Callers already waiting at this tier or above come first.
-        if any(self._queues[t] for t in TIERS[: TIERS.index(tier) + 1]):
+        higher = TIERS[: TIERS.index(tier)]
+        if (self._queues[tier] and not head) or any(self._queues[t] for t in higher):
             return False
         self._reserve -= 1
         self._in_flight += 1
         return True
 
     def _serve_reserve(self) -> None:
-        """Hand reserved tokens to callers waiting at the reserve's tier (none above it)."""
+        """Hand reserved tokens to callers waiting at the reserve's tier, first come first."""
         tier = self._reserve_tier
-        if tier is None or self._reserve <= 0:
-            return
-        if any(self._queues[t] for t in TIERS[: TIERS.index(tier)]):
+        if tier is None:
             return
         queue = self._queues[tier]
-        while queue and self._reserve > 0 and self.clock() < self._reserve_until:
-            if self._concurrency is not None and self._in_flight >= self._concurrency:
-                return
-            waiter = queue.popleft()
-            self._reserve -= 1
-            self._in_flight += 1
-            waiter.future.set_result(None)
+        while queue and self._take_reserved(tier, head=True):
+            queue.popleft().future.set_result(None)
 
     async def _acquire(self, tier: Tier, flow: str) -> None:
-        if self._from_reserve(tier):
+        if self._take_reserved(tier, head=False):
             usage = self._usage(flow, tier)
             usage.granted += 1
             return
