@@ -252,3 +252,16 @@ def report_line(
     report = {**head, "targets": targets_json, **summaries}
     sys.stdout.flush()
     print(json.dumps(report, ensure_ascii=False), flush=True)
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """A bench's argument parser with the options every bench has: ``--quick`` and ``--db``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes; under a minute")
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    return parser
+
+
+def kinds_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """The database kinds ``--db`` asks for."""
+    return KINDS if args.db == "both" else (args.db,)

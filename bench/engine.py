@@ -91,15 +91,16 @@ import orjson
 from rich.table import Table
 
 from _harness import (
-    KINDS,
     RUN_FAILURES,
     BenchFailed,
     RssSampler,
     Target,
+    bench_parser,
     check_postgres,
     copy_starter,
     err,
     fresh_database,
+    kinds_of,
     out,
     positive,
     progress,
@@ -562,9 +563,7 @@ def table(kind: str, summary: dict[str, Any], runs: int) -> Table:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes; under a minute")
-    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--steps",
         choices=("call", "batch", "task", "transform", "all"),
@@ -592,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         instances=args.instances or base.instances,
         sequential=args.sequential or base.sequential,
     )
-    kinds = KINDS if args.db == "both" else (args.db,)
+    kinds = kinds_of(args)
     chosen = args.steps or ("quick" if args.quick else "all")
     steps = {"all": ["call", "batch", "task", "transform"], "quick": ["call", "batch", "task"]}.get(
         chosen, [chosen]

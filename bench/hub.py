@@ -56,16 +56,17 @@ import orjson
 from sqlalchemy import insert
 
 from _harness import (
-    KINDS,
     RUN_FAILURES,
     BenchFailed,
     Figure,
     RssSampler,
     Target,
+    bench_parser,
     copy_starter,
     err,
     figures_table,
     fresh_database,
+    kinds_of,
     out,
     positive,
     postgres_missing,
@@ -432,9 +433,7 @@ def measure(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes; under a minute")
-    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser = bench_parser(__doc__)
     parser.add_argument("--events", type=positive, help="events in the batched phase")
     parser.add_argument("--single", type=positive, help="events in the single-event phase")
     parser.add_argument("--seconds", type=float, help="length of the open-loop phase")
@@ -450,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         single=args.single or base.single,
         latency_seconds=args.seconds or base.latency_seconds,
     )
-    kinds = KINDS if args.db == "both" else (args.db,)
+    kinds = kinds_of(args)
     if postgres_missing(kinds):
         return 1
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}

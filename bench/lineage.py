@@ -45,15 +45,16 @@ import orjson
 from sqlalchemy import select
 
 from _harness import (
-    KINDS,
     RUN_FAILURES,
     BenchFailed,
     Figure,
     Target,
+    bench_parser,
     copy_starter,
     err,
     figures_table,
     fresh_database,
+    kinds_of,
     out,
     positive,
     postgres_missing,
@@ -217,9 +218,7 @@ def measure(kind: str, folder: Path, project: Project, events: int, lookups: int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes; under a minute")
-    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser = bench_parser(__doc__)
     parser.add_argument("--events", type=positive, help="events stored before the lookups")
     parser.add_argument("--lookups", type=positive, help="lineage lookups timed")
     return parser.parse_args(argv)
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     lookups = args.lookups or (QUICK_LOOKUPS if args.quick else FULL_LOOKUPS)
-    kinds = KINDS if args.db == "both" else (args.db,)
+    kinds = kinds_of(args)
     if postgres_missing(kinds):
         return 1
     started = time.monotonic()

@@ -49,15 +49,16 @@ from pathlib import Path
 from typing import Any
 
 from _harness import (
-    KINDS,
     RUN_FAILURES,
     BenchFailed,
     Figure,
     Target,
+    bench_parser,
     copy_starter,
     err,
     figures_table,
     fresh_database,
+    kinds_of,
     out,
     positive,
     postgres_missing,
@@ -249,9 +250,7 @@ def summarise(kind: str, runs: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes; under a minute")
-    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser = bench_parser(__doc__)
     parser.add_argument("--events", type=positive, help="events per measurement")
     parser.add_argument("--runs", type=positive, help="repeat and report medians")
     return parser.parse_args(argv)
@@ -261,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     runs = args.runs or (QUICK_RUNS if args.quick else FULL_RUNS)
-    kinds = KINDS if args.db == "both" else (args.db,)
+    kinds = kinds_of(args)
     if postgres_missing(kinds):
         return 1
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
