@@ -33,10 +33,10 @@ For each engine and database it measures:
 - ``starts_per_s``: the same instances ÷ the time until the last start was
   accepted (201 on Charter, a handle on DBOS);
 - ``p50_ms`` / ``p99_ms``: 200 instances (50 with ``--quick``) one after
-  another, each from its start until it is seen completed. Charter is polled
-  with ``GET /v1/processes/instances/{id}`` every 2 ms on one connection, so
-  its figures include up to one poll interval and one request; DBOS's handle
-  returns as soon as the workflow is done;
+  another, each from its start until it is known completed: on Charter, the
+  start and then ``GET /v1/processes/instances/{id}?wait=60s`` on the same
+  connection, which the hub answers once the instance has ended; on DBOS,
+  ``start_workflow`` and the handle's ``get_result``;
 - ``cpu_pct``: CPU time of the engine's processes during the throughput phase
   ÷ its wall time, in % of one core;
 - ``peak_rss_mb``: the largest summed resident set of the engine's processes
@@ -117,7 +117,6 @@ START_CONNECTIONS = 64
 START_BATCH = 50
 BATCH_CONNECTIONS = 4
 POLL_S = 0.02
-LATENCY_POLL_S = 0.002
 STALL_TIMEOUT_S = 60.0
 DBOS_VERSION = "3.4.0"
 DBOS_WORKLOAD = Path(__file__).with_name("_dbos_workload.py")
@@ -335,7 +334,9 @@ def wait_completed(api: HubProcess, expected: int) -> float:
 
 
 async def sequential_latencies(port: int, process: str, run: str, count: int) -> list[float]:
-    """Start ``count`` instances one at a time on one connection, each polled until completed."""
+    """Start ``count`` instances one at a time on one connection, each timed until the hub
+    answers it completed: the start request, then ``GET /v1/processes/instances/{id}`` with
+    ``wait``, which the hub answers when the instance has ended (as DBOS's ``get_result``)."""
     reader, writer = await asyncio.open_connection(HOST, port)
     latencies: list[float] = []
     try:
@@ -346,20 +347,17 @@ async def sequential_latencies(port: int, process: str, run: str, count: int) ->
             if status != 201:
                 raise BenchFailed(f"a start was answered {status}: {body[:300]!r}")
             ident = orjson.loads(body)["id"]
-            poll = build_request("GET", HOST, port, f"/v1/processes/instances/{ident}")
-            while True:
-                writer.write(poll)
-                status, body = await read_response(reader)
-                if status != 200:
-                    raise BenchFailed(f"GET instance {ident} was answered {status}")
-                state = orjson.loads(body)["status"]
-                if state == "completed":
-                    break
-                if state in FAILED_STATUSES:
-                    raise BenchFailed(f"instance {ident} ended {state}: {body[:500]!r}")
-                if time.perf_counter() - begin > STALL_TIMEOUT_S:
-                    raise BenchFailed(f"instance {ident} is still {state} after a minute")
-                await asyncio.sleep(LATENCY_POLL_S)
+            wait = f"/v1/processes/instances/{ident}?wait={STALL_TIMEOUT_S:g}s"
+            writer.write(build_request("GET", HOST, port, wait))
+            status, body = await read_response(reader)
+            if status != 200:
+                raise BenchFailed(f"GET instance {ident} was answered {status}: {body[:300]!r}")
+            state = orjson.loads(body)["status"]
+            if state != "completed":
+                raise BenchFailed(
+                    f"instance {ident} is {state} after waiting {STALL_TIMEOUT_S:g} s: "
+                    f"{body[:500]!r}"
+                )
             latencies.append(time.perf_counter() - begin)
     finally:
         writer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from charter.cli_common import DatabaseOption, ProjectOption, out
 from charter.cli_common import default_by as _default_by
 from charter.cli_common import fail as _fail
 from charter.cli_common import hub_session as _hub
+from charter.engine.endings import wait_seconds
 
 if TYPE_CHECKING:
     pass
@@ -151,12 +153,25 @@ def list_(
 @process_app.command("show")
 def show(
     instance: Annotated[str, typer.Argument(help="Instance id.")],
+    wait: Annotated[
+        str | None,
+        typer.Option(
+            help="Show it once it has ended (completed, failed, compensated, cancelled or "
+            "terminated), waiting at most this long, e.g. 30s."
+        ),
+    ] = None,
     project: ProjectOption = Path("."),
     database: DatabaseOption = None,
 ) -> None:
     """An instance's steps and timeline: inputs, outputs, attempts, errors, durations."""
+    seconds = wait_seconds(wait)
     with _hub(project, database) as hub:
-        found = hub.processes.get(instance)
+        if seconds:
+            # This process runs no runner and hears no notices: it reads the instance again
+            # every tenth of a second.
+            found = asyncio.run(hub.processes.get_when_ended(instance, seconds, recheck=0.1))
+        else:
+            found = hub.processes.get(instance)
     out.print(
         f"[bold]{found['process']}[/] v{found['version']}  key {found['business_key']}  "
         f"[bold]{found['status']}[/]" + (f"  ({found['reason']})" if found["reason"] else "")

@@ -107,6 +107,7 @@ class Workers:
             hub.tasks,
             self.delivery.name,
             runner_settings,
+            on_ended=hub.processes.endings.ended,
         )
 
     def wake(self) -> None:
@@ -197,7 +198,7 @@ def _serve(
         lifespan_tasks=[start_worker] if worker else [],
     )
     config = uvicorn.Config(
-        FastStarts(app, hub, on_change=worker.wake if worker else None),
+        FastStarts(app, hub),
         host=host,
         port=port,
         loop="uvloop",

@@ -432,6 +432,58 @@ def test_a_held_instance_is_retried_from_its_failed_step_or_skips_it(
     assert "only a failed instance" in refused(api, retried, "retry", by="fred")
 
 
+# Waiting for an instance to end ---------------------------------------------------------
+
+
+def test_a_request_with_wait_is_answered_once_the_instance_ends(api: httpx.Client) -> None:
+    ident = start(api, "fulfil-order", new_key())
+    await_instance(api, ident, step_is("approval", "waiting"))
+    shown = f"/v1/processes/instances/{ident}"
+
+    # Still waiting for its approval when the wait runs out: answered as it is then.
+    began = time.monotonic()
+    held = api.get(shown, params={"wait": "300ms"})
+    assert held.status_code == 200, held.text
+    assert held.json()["status"] == "waiting"
+    assert time.monotonic() - began >= 0.3
+
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(api.get, shown, params={"wait": "30s"}, timeout=40)
+        time.sleep(0.5)
+        assert not waiting.done(), "answered before the instance ended"
+        queued(api, ident, "cancel", by="hal", reason="no longer wanted")
+        answer = waiting.result(timeout=40)
+    assert answer.status_code == 200, answer.text
+    ended = answer.json()
+    assert ended["status"] == "cancelled"
+    assert ended["reason"] == "cancelled by hal: no longer wanted"
+    assert ended["timeline"][-1]["what"] == "cancelled"
+
+    # An instance that has ended is answered at once.
+    began = time.monotonic()
+    again = api.get(shown, params={"wait": "30s"}, timeout=40)
+    assert again.json()["status"] == "cancelled"
+    assert time.monotonic() - began < 10
+
+
+def test_a_wait_that_is_no_duration_or_too_long_is_the_clients_problem(
+    api: httpx.Client,
+) -> None:
+    nobody = f"/v1/processes/instances/{uuid.uuid4()}"
+    for value, says in (
+        ("soon", "wait='soon' is not a duration"),
+        ("-1s", "wait='-1s' is not a duration"),
+        ("2m", "wait='2m' is longer than the 60s a request may wait"),
+    ):
+        problem = problem_of(api.get(nobody, params={"wait": value}), 400)
+        assert says in problem["detail"]
+        assert "wait=30s" in problem["fix"] or "at most 60s" in problem["fix"]
+    # An unknown instance is not waited for.
+    began = time.monotonic()
+    problem_of(api.get(nobody, params={"wait": "30s"}, timeout=40), 404)
+    assert time.monotonic() - began < 10
+
+
 def test_unknown_instances_and_operations_are_problems(api: httpx.Client, erp: SimProcess) -> None:
     nobody = str(uuid.uuid4())
     assert nobody in problem_of(api.get(f"/v1/processes/instances/{nobody}"), 404)["detail"]

@@ -348,6 +348,25 @@ def test_list_finds_instances_by_process_status_business_key_and_time(
     assert "write times as" in bad
 
 
+def test_show_waits_for_an_instance_to_end(cli: Cli, erp: SimProcess) -> None:
+    ident = cli.start("fulfil-order", new_key())
+    await_instance(cli.api, ident, step_is("approval", "waiting"))
+    [still] = cli.ok(("process", "show", ident, "--wait", "300ms"))
+    assert still.splitlines()[0].split()[4] == "waiting"
+
+    with ThreadPoolExecutor(1) as pool:
+        shown = pool.submit(cli.ok, ("process", "show", ident, "--wait", "30s"))
+        time.sleep(1.0)
+        assert not shown.done(), "shown before the instance ended"
+        cli.ok(("process", "cancel", ident, "--by", "ivy", "--reason", "duplicate"))
+        [ended] = shown.result(timeout=60)
+    assert ended.splitlines()[0].split()[4] == "cancelled"
+    assert ended.splitlines()[0].endswith("(cancelled by ivy: duplicate)")
+
+    [bad] = cli.fails(("process", "show", ident, "--wait", "soon"))
+    assert "wait='soon' is not a duration" in bad
+
+
 def test_unknown_instances_and_bad_json_fail_in_one_line(cli: Cli, erp: SimProcess) -> None:
     nobody = str(uuid.uuid4())
     show, cancel, signal = cli.fails(

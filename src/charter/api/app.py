@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,8 @@ from charter.errors import NotFound
 from charter.hub.parsing import check_size
 from charter.runtime import Hub
 from charter.store import DeliveryStatus
+from charter.store.notify import listen_payloads
+from charter.store.processes import ENDED_CHANNEL
 
 INGEST_THREADS = 128
 
@@ -58,9 +61,21 @@ def create_app(
         # wait at once that a group can be large.
         anyio.to_thread.current_default_thread_limiter().total_tokens = INGEST_THREADS
         stops = [await start() for start in (lifespan_tasks or [])]
+        stop_listening = asyncio.Event()
+        # Requests waiting for instances to end hear of ends committed by other processes.
+        listener = (
+            asyncio.create_task(
+                listen_payloads(hub.url, ENDED_CHANNEL, hub.processes.endings.heard, stop_listening)
+            )
+            if hub.store.is_postgres
+            else None
+        )
         try:
             yield
         finally:
+            stop_listening.set()
+            if listener is not None:
+                await listener
             for stop in reversed(stops):
                 await stop()
 

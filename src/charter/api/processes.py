@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from charter.engine.endings import MAX_WAIT_S, wait_seconds
 from charter.errors import BadRequest, CharterError
 from charter.runtime import Hub
 
@@ -108,7 +109,8 @@ def _timestamp(name: str, value: str | None) -> float | None:
 
 
 def process_routes(hub: Hub, on_change: Callable[[], None] | None = None) -> APIRouter:
-    """``on_change`` runs after a start or an operation (to wake an in-process runner)."""
+    """``on_change`` runs after an operation (to wake an in-process runner; the instances a
+    start creates are handed to that runner by the service)."""
     router = APIRouter(prefix="/v1", tags=["processes"])
     service = hub.processes
 
@@ -143,7 +145,6 @@ def process_routes(hub: Hub, on_change: Callable[[], None] | None = None) -> API
         """Start an instance; the same process and business key never start two."""
         request = _body(await http.body(), StartRequest)
         ident, created = await service.start_async(process, request.business_key, request.input)
-        changed()
         return _json({"id": ident, "created": created}, 201 if created else 200)
 
     @router.post("/processes/{process}/instances/batch", openapi_extra=_documented(StartBatch))
@@ -153,7 +154,6 @@ def process_routes(hub: Hub, on_change: Callable[[], None] | None = None) -> API
         started = await service.start_many_async(
             process, [(item.business_key, item.input) for item in request.instances]
         )
-        changed()
         created = sum(1 for _, new in started if new)
         return _json(
             {
@@ -189,7 +189,19 @@ def process_routes(hub: Hub, on_change: Callable[[], None] | None = None) -> API
         return _json({"instances": rows})
 
     @router.get("/processes/instances/{instance}")
-    async def show_instance(instance: str) -> Response:
+    async def show_instance(
+        instance: str,
+        wait: str | None = Query(
+            None,
+            description="answer once the instance has ended (completed, failed, compensated, "
+            f"cancelled or terminated) or after this long, at most {MAX_WAIT_S:g}s: "
+            "e.g. 30s, 500ms, 2.5",
+        ),
+    ) -> Response:
+        """An instance with its steps and timeline; with ``wait``, held until it ends."""
+        seconds = wait_seconds(wait)
+        if seconds:
+            return _json(await service.get_when_ended(instance, seconds))
         return _json(await run_in_threadpool(service.get, instance))
 
     @router.post("/processes/instances/{instance}/{operation}", status_code=202)
@@ -227,10 +239,9 @@ class FastStarts:
     key, so handing a failed one on repeats nothing.
     """
 
-    def __init__(self, app: ASGIApp, hub: Hub, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, app: ASGIApp, hub: Hub) -> None:
         self.app = app
         self.service = hub.processes
-        self.on_change = on_change
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         process = _start_target(scope)
@@ -260,8 +271,6 @@ class FastStarts:
             await self.app(scope, _replay(received, receive), send)
             return
         status, payload = answer
-        if self.on_change is not None:
-            self.on_change()
         await send(
             {
                 "type": "http.response.start",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ from charter.engine.persist import Planner
 from charter.engine.registry import Definitions, TaskHandler, is_async
 from charter.errors import CharterError, ConnectorError, RateLimited
 from charter.store.processes import (
+    ENDED_STATUSES,
     Claim,
     InboxItem,
     InstanceRecord,
@@ -120,7 +121,9 @@ class ProcessRunner:
         tasks: Mapping[str, TaskHandler],
         name: str,
         settings: RunnerSettings | None = None,
+        on_ended: Callable[[list[str]], None] | None = None,
     ) -> None:
+        """``on_ended`` hears the ids of instances whose end this runner committed."""
         self.store = store
         self.definitions = definitions
         self.planner = Planner(definitions)
@@ -128,6 +131,7 @@ class ProcessRunner:
         self.tasks = tasks
         self.name = name
         self.settings = settings or RunnerSettings()
+        self.on_ended = on_ended
         self.listening = False
         self._held: dict[str, _Held] = {}
         # Results of calls and tasks, with the in-flight token each one settles.
@@ -150,9 +154,15 @@ class ProcessRunner:
         self._wake.set()
 
     def adopt(self, started: list[InstanceWrite]) -> None:
-        """Take over instances this process just started, committed already leased to us:
-        their first calls go out at once, with no claim in between."""
+        """Take over the instances this process just started. Those committed leased to us
+        have their first calls go out at once, with no claim in between; any other (one
+        that starts with a timer, or a wait with a timeout) is left in the store, due when
+        its timer is, for a tick to claim."""
         for write in started:
+            if not write.keep_lease:
+                if write.next_wake_at is not None:
+                    self.wake()
+                continue
             if write.instance.id in self._held:
                 continue
             held = self._hold(write.instance)
@@ -287,18 +297,23 @@ class ProcessRunner:
             self.store.write, self.name, writes, self.settings.lease_seconds
         )
         self.transitions += len(writes)
+        ended: list[str] = []
         for write, outcome in zip(writes, outcomes, strict=True):
             instance = write.instance.id
             if outcome.outcome != "ok":
                 log.warning("lost the lease of %s; another worker goes on with it", instance)
                 self._held.pop(instance, None)
                 continue
+            if write.instance.status in ENDED_STATUSES:
+                ended.append(instance)
             held = self._held[instance]
             held.record = write.instance
             if not write.keep_lease:
                 self._held.pop(instance, None)
                 continue
             self._dispatch(held, write.effects)
+        if ended and self.on_ended is not None:
+            self.on_ended(ended)
         return True
 
     def _apply(self, held: _Held, events: list[Event], now: float) -> Transition:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 from charter.engine import machine
+from charter.engine.endings import RECHECK_S, Endings
 from charter.engine.messages import InvalidOperation
 from charter.engine.persist import Planner
 from charter.engine.registry import Definitions
@@ -15,6 +17,7 @@ from charter.engine.runner import inbox_event
 from charter.errors import BadRequest, Conflict, NotFound
 from charter.hub.commit import MAX_GROUP, GroupCommitter
 from charter.store.processes import (
+    ENDED_STATUSES,
     InboxItem,
     InstanceWrite,
     SqlProcessStore,
@@ -43,9 +46,13 @@ class ProcessService:
         self.starts: GroupCommitter[InstanceWrite, WriteResult] = GroupCommitter(
             lambda writes: store.write(self.owner, writes)
         )
+        # Requests waiting for instances to end, told by the runner of this process and,
+        # on PostgreSQL, by the notices of the others.
+        self.endings = Endings()
 
     def hand_starts_to(self, owner: str, adopt: Callable[[list[InstanceWrite]], None]) -> None:
-        """Give instances started through the API to the runner ``owner`` of this process."""
+        """Give the instances started through the API to the runner ``owner`` of this process:
+        ``adopt`` gets every instance created, those with work to do committed leased to it."""
         self.owner, self._adopt = owner, adopt
 
     def start(self, process: str, business_key: str, input_: Any) -> tuple[str, bool]:
@@ -70,9 +77,9 @@ class ProcessService:
         return [(r.id, r.outcome == "ok") for r in results]
 
     def _adopted(self, started: list[tuple[InstanceWrite, WriteResult]]) -> None:
-        held = [w for w, r in started if w.keep_lease and r.outcome == "ok"]
-        if held and self._adopt is not None:
-            self._adopt(held)
+        created = [w for w, r in started if r.outcome == "ok"]
+        if created and self._adopt is not None:
+            self._adopt(created)
 
     def start_many(self, process: str, items: list[tuple[str, Any]]) -> list[tuple[str, bool]]:
         """`start_many_async` for the CLI: one transaction per chunk of instances."""
@@ -122,6 +129,24 @@ class ProcessService:
             "timers": state["timers"],
             "timeline": self.store.history(instance),
         }
+
+    async def get_when_ended(
+        self, instance: str, seconds: float, recheck: float = RECHECK_S
+    ) -> dict[str, Any]:
+        """`get`, once the instance has ended (see ``ENDED_STATUSES``) or ``seconds`` have
+        passed, whichever comes first; an unknown instance raises at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        with self.endings.watch(instance) as news:
+            while True:
+                # Cleared before reading, so news that comes while we read is kept.
+                news.clear()
+                shown = await asyncio.to_thread(self.get, instance)
+                left = deadline - loop.time()
+                if shown["status"] in ENDED_STATUSES or left <= 0:
+                    return shown
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(news.wait(), min(left, recheck))
 
     def search(self, **filters: Any) -> list[dict[str, Any]]:
         return self.store.search(**filters)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 
+from charter.store.notify import notices
 from charter.store.protocol import IngestBatch, NewEvent
 from charter.store.schema import (
     escalations,
@@ -40,7 +41,11 @@ from charter.store.sql import SqlStore
 from charter.store.sql_base import row_dict
 
 PROCESSES_CHANNEL = "charter_processes"
+# Ids of instances that have just ended, for requests waiting on them in other processes.
+ENDED_CHANNEL = "charter_instances_ended"
 TERMINAL_STATUSES = ("completed", "compensated", "cancelled", "terminated")
+# Statuses an instance does not leave by itself (a failed one waits for an operator).
+ENDED_STATUSES = frozenset((*TERMINAL_STATUSES, "failed"))
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,7 @@ class SqlProcessStore:
             )
         )
         self._insert_history = insert(process_history)
+        self._notify_ended = text(f"SELECT pg_notify('{ENDED_CHANNEL}', :ids)")
         self._insert_waits = insert(process_waits)
 
     # definitions
@@ -222,11 +228,21 @@ class SqlProcessStore:
             for n, w in enumerate(writes):
                 if n not in results:
                     results[n] = self._write_one(conn, worker, w, now, lease_seconds)
-            if self.store.is_postgres and any(
-                results[n].outcome == "ok" and _concerns_others(w) for n, w in enumerate(writes)
-            ):
-                conn.execute(text(f"NOTIFY {PROCESSES_CHANNEL}"))
+            if self.store.is_postgres:
+                self._notify(conn, writes, results)
         return [results[n] for n in range(len(writes))]
+
+    def _notify(
+        self, conn: Connection, writes: list[InstanceWrite], results: dict[int, WriteResult]
+    ) -> None:
+        """Tell other processes, at commit: workers when there is work for them, waiting
+        requests when instances ended."""
+        written = [w for n, w in enumerate(writes) if results[n].outcome == "ok"]
+        if any(_concerns_others(w) for w in written):
+            conn.execute(text(f"NOTIFY {PROCESSES_CHANNEL}"))
+        ended = [w.instance.id for w in written if w.instance.status in ENDED_STATUSES]
+        for payload in notices(ended):
+            conn.execute(self._notify_ended, {"ids": payload})
 
     def _update_many(
         self,
