@@ -219,10 +219,15 @@ class SqlProcessStore:
         """Commit many transitions in one transaction (group commit)."""
         results: dict[int, WriteResult] = {}
         with self.store._write() as conn:
-            now = self.store._now(conn)
             updates = [(n, w) for n, w in enumerate(writes) if not w.new]
+            owned: set[str] = set()
+            now: float | None = None
             if worker is not None and updates:
-                results.update(self._update_many(conn, worker, updates, now, lease_seconds))
+                owned, now = self._owned(conn, worker, [w.instance.id for _, w in updates])
+            if now is None:
+                now = self.store._now(conn)
+            if worker is not None and updates:
+                results.update(self._update_many(conn, worker, updates, owned, now, lease_seconds))
             starts = [(n, w) for n, w in enumerate(writes) if w.new]
             if len(starts) > 1:
                 results.update(self._insert_many(conn, worker, starts, now, lease_seconds))
@@ -245,29 +250,42 @@ class SqlProcessStore:
         for payload in notices(ended):
             conn.execute(self._notify_ended, {"ids": payload})
 
+    def _owned(
+        self, conn: Connection, worker: str, ids: list[str]
+    ) -> tuple[set[str], float | None]:
+        """Which of ``ids`` ``worker`` leases, locked until the transaction ends; on
+        PostgreSQL with the database clock, read by the same statement (None when the worker
+        leases none of them, or on SQLite)."""
+        owned: set[str] = set()
+        now: float | None = None
+        columns = [process_instances.c.id]
+        if self.store.is_postgres:
+            columns.append(self.store._clock().label("now"))
+        for chunk in range(0, len(ids), 500):
+            for row in conn.execute(
+                select(*columns)
+                .where(
+                    process_instances.c.id.in_(ids[chunk : chunk + 500]),
+                    process_instances.c.lease_owner == worker,
+                )
+                .with_for_update()
+            ):
+                owned.add(str(row[0]))
+                if now is None and len(row) > 1:
+                    now = float(row[1])
+        return owned, now
+
     def _update_many(
         self,
         conn: Connection,
         worker: str,
         updates: list[tuple[int, InstanceWrite]],
+        owned: set[str],
         now: float,
         lease: float,
     ) -> dict[int, WriteResult]:
-        """Transitions of instances this worker leases, a few statements for all of them."""
-        ids = [w.instance.id for _, w in updates]
-        owned: set[str] = set()
-        for chunk in range(0, len(ids), 500):
-            owned.update(
-                str(x)
-                for x in conn.execute(
-                    select(process_instances.c.id)
-                    .where(
-                        process_instances.c.id.in_(ids[chunk : chunk + 500]),
-                        process_instances.c.lease_owner == worker,
-                    )
-                    .with_for_update()
-                ).scalars()
-            )
+        """Transitions of the instances this worker leases (``owned``), a few statements for
+        all of them."""
         results = {n: WriteResult("lost", w.instance.id) for n, w in updates}
         done = [w for _, w in updates if w.instance.id in owned]
         if not done:

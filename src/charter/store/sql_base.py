@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Float, create_engine, event, func, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
 
@@ -154,6 +154,14 @@ class SqlBase:
                 conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one()
             )
         return time.time()
+
+    def _clock(self) -> Any:
+        """The database clock as a SQL expression, for a statement that compares with it
+        or stores it without reading it first: PostgreSQL's time of the statement; on
+        SQLite, where one process owns the file, this process's clock."""
+        if self.is_postgres:
+            return func.extract("epoch", func.statement_timestamp())
+        return literal(time.time(), Float)
 
     def _insert_ignore(self, table: Any) -> Any:
         if self.is_postgres:
