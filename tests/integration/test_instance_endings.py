@@ -1,10 +1,13 @@
-"""Requests waiting for an instance to end hear of it: from the runner of their own process,
-and on PostgreSQL from the transaction of another process; and pooled PostgreSQL
-connections are checked before use only once they have been idle."""
+"""What saves the runner and its waiting requests a trip to the database: requests waiting
+for an instance to end hear of it (from the runner of their own process, and on PostgreSQL
+from the transaction of another process); the periodic claim first looks whether there is
+anything to claim; and pooled PostgreSQL connections are checked before use only once they
+have been idle."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +145,34 @@ def test_an_end_committed_by_another_process_reaches_a_waiting_request(
     finally:
         waiting_side.close()
         writing_side.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_store_tells_whether_a_claim_would_find_anything(
+    project: Path, tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'charter.db'}"
+        if kind == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    hub = Hub.open(project, database=url)
+    store = hub.processes.store
+    try:
+        assert not store.anything_to_claim()
+        ident, _ = hub.processes.start("nap", "N-3", {})  # due in 300 ms, leased by nobody
+        assert not store.anything_to_claim()
+        time.sleep(0.4)
+        assert store.anything_to_claim()
+        [claimed] = store.claim("worker-1", 10, 30.0, []).instances
+        assert claimed.id == ident
+        assert not store.anything_to_claim()  # leased
+        store.enqueue(ident, "cancel", {"by": "ops", "reason": "test"})
+        assert store.anything_to_claim()  # an operation waits in its inbox
+        store.claim("worker-1", 10, 30.0, [ident])
+        assert store.anything_to_claim()  # still there until a transition consumes it
+    finally:
+        hub.close()
 
 
 @pytest.mark.postgres

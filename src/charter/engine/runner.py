@@ -137,9 +137,11 @@ class ProcessRunner:
         # Results of calls and tasks, with the in-flight token each one settles.
         self._results: list[tuple[str, tuple[str, int, bool], Event]] = []
         self._wake = asyncio.Event()
-        # Set when new work may be waiting in the store (a start, a notification, the
-        # idle poll); a tick caused only by results of our own calls claims nothing.
+        # Set when new work is waiting in the store (an operation, a notification); a tick
+        # caused only by results of our own calls claims nothing.
         self._poked = True
+        # Set when the store should be looked at for work nobody told us of (the idle poll).
+        self._look = False
         self._claimed_at = 0.0
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -233,22 +235,32 @@ class ProcessRunner:
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
-            self._poked = True
+            self._look = True
 
     async def _tick(self, claim: bool = True) -> bool:
         """Claim, apply, commit, dispatch once; False when there was nothing to do."""
         now = time.time()
-        if claim and (self._poked or now - self._claimed_at >= self.settings.idle_poll):
-            self._poked = False
+        claimed = Claim()
+        if claim and (
+            self._poked or self._look or now - self._claimed_at >= self.settings.idle_poll
+        ):
+            told, self._poked, self._look = self._poked, False, False
             self._claimed_at = now
-            capacity = self.settings.max_in_flight - len(self._held)
-            limit = min(self.settings.batch_size, capacity)
-            claimed = await asyncio.to_thread(
-                self.store.claim, self.name, limit, self.settings.lease_seconds, list(self._held)
-            )
-            now = time.time()
-        else:
-            claimed = Claim()
+            # A claim takes the store's write lock, ahead of the results waiting to be
+            # committed. Unless told of new work, first look (read-only, beside the writer)
+            # whether there is anything to claim: the periodic look is the fallback for news
+            # nobody told us of, and mostly finds none.
+            if told or await asyncio.to_thread(self.store.anything_to_claim):
+                capacity = self.settings.max_in_flight - len(self._held)
+                limit = min(self.settings.batch_size, capacity)
+                claimed = await asyncio.to_thread(
+                    self.store.claim,
+                    self.name,
+                    limit,
+                    self.settings.lease_seconds,
+                    list(self._held),
+                )
+                now = time.time()
         results, self._results = self._results, []
         touched: dict[str, tuple[list[Event], list[int]]] = {}
         for record in claimed.instances:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Connection,
     and_,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -661,6 +662,25 @@ class SqlProcessStore:
                 )
             )
         return int(result.rowcount)
+
+    def anything_to_claim(self) -> bool:
+        """Whether `claim` could find anything: a due instance that nobody leases, or an
+        item in an inbox. Read-only, so on SQLite it does not wait for the writer."""
+        clock = self.store._clock()
+        due = (
+            select(process_instances.c.id)
+            .where(
+                process_instances.c.next_wake_at <= clock,
+                or_(
+                    process_instances.c.lease_expires_at.is_(None),
+                    process_instances.c.lease_expires_at < clock,
+                ),
+            )
+            .limit(1)
+        )
+        waiting = select(process_inbox.c.id).limit(1)
+        with self.engine.connect() as conn:
+            return bool(conn.execute(select(or_(exists(due), exists(waiting)))).scalar())
 
     def next_due_at(self) -> float | None:
         with self.engine.connect() as conn:
