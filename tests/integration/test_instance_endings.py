@@ -7,6 +7,7 @@ have been idle."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,6 +172,35 @@ def test_the_store_tells_whether_a_claim_would_find_anything(
         assert store.anything_to_claim()  # an operation waits in its inbox
         store.claim("worker-1", 10, 30.0, [ident])
         assert store.anything_to_claim()  # still there until a transition consumes it
+    finally:
+        hub.close()
+
+
+@pytest.mark.postgres
+def test_workers_claiming_at_once_never_share_an_instance(project: Path, pg_url: str) -> None:
+    hub = Hub.open(project, database=pg_url)
+    store = hub.processes.store
+    try:
+        started = {
+            i for i, _ in hub.processes.start_many("nap", [(f"N-{n}", {}) for n in range(300)])
+        }
+        time.sleep(0.4)  # all due
+        barrier = threading.Barrier(3)
+        claimed: dict[str, list[str]] = {"w1": [], "w2": [], "w3": []}
+
+        def work(worker: str) -> None:
+            barrier.wait(timeout=10)
+            while batch := store.claim(worker, 7, 30.0, []).instances:
+                claimed[worker].extend(i.id for i in batch)
+
+        threads = [threading.Thread(target=work, args=(name,)) for name in claimed]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        everyone = [i for ids in claimed.values() for i in ids]
+        assert sorted(everyone) == sorted(started)  # each once, none twice
+        assert sum(1 for ids in claimed.values() if ids) >= 2, claimed
     finally:
         hub.close()
 
