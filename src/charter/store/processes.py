@@ -593,32 +593,31 @@ class SqlProcessStore:
         """Lease up to ``limit`` due instances, and read the inbox of those already held."""
         claim = Claim()
         with self.store._write() as conn:
+            now = self.store._now(conn)
             ids: list[str] = []
             if limit > 0:
-                # One statement finds, locks and leases them, on the database clock.
-                clock = self.store._clock()
                 due = (
                     select(process_instances.c.id)
                     .where(
-                        process_instances.c.next_wake_at <= clock,
+                        process_instances.c.next_wake_at <= now,
                         or_(
                             process_instances.c.lease_expires_at.is_(None),
-                            process_instances.c.lease_expires_at < clock,
+                            process_instances.c.lease_expires_at < now,
                         ),
                     )
                     .order_by(process_instances.c.next_wake_at)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
-                    .cte("due")
                 )
+                ids = [str(x) for x in conn.execute(due).scalars()]
+            if ids:
                 rows = conn.execute(
                     update(process_instances)
-                    .where(process_instances.c.id == due.c.id)
-                    .values(lease_owner=worker, lease_expires_at=clock + lease_seconds)
+                    .where(process_instances.c.id.in_(ids))
+                    .values(lease_owner=worker, lease_expires_at=now + lease_seconds)
                     .returning(*process_instances.c)
                 ).all()
                 claim.instances = [_record(r) for r in rows]
-                ids = [r.id for r in claim.instances]
             wanted = ids + held
             for chunk in range(0, len(wanted), 500):
                 part = wanted[chunk : chunk + 500]
