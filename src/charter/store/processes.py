@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     Connection,
+    Select,
     and_,
     delete,
     exists,
@@ -153,6 +154,18 @@ def _concerns_others(w: InstanceWrite) -> bool:
     if w.children or w.parent_message is not None or w.new_waits:
         return True
     return not w.keep_lease and w.next_wake_at is not None
+
+
+def _due(at: Any) -> Select[Any]:
+    """The ids of the instances due at ``at`` (a time or a clock expression) that no live
+    lease holds."""
+    return select(process_instances.c.id).where(
+        process_instances.c.next_wake_at <= at,
+        or_(
+            process_instances.c.lease_expires_at.is_(None),
+            process_instances.c.lease_expires_at < at,
+        ),
+    )
 
 
 def _record(row: Any) -> InstanceRecord:
@@ -597,14 +610,7 @@ class SqlProcessStore:
             ids: list[str] = []
             if limit > 0:
                 due = (
-                    select(process_instances.c.id)
-                    .where(
-                        process_instances.c.next_wake_at <= now,
-                        or_(
-                            process_instances.c.lease_expires_at.is_(None),
-                            process_instances.c.lease_expires_at < now,
-                        ),
-                    )
+                    _due(now)
                     .order_by(process_instances.c.next_wake_at)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
@@ -666,18 +672,7 @@ class SqlProcessStore:
     def anything_to_claim(self) -> bool:
         """Whether `claim` could find anything: a due instance that nobody leases, or an
         item in an inbox. Read-only, so on SQLite it does not wait for the writer."""
-        clock = self.store._clock()
-        due = (
-            select(process_instances.c.id)
-            .where(
-                process_instances.c.next_wake_at <= clock,
-                or_(
-                    process_instances.c.lease_expires_at.is_(None),
-                    process_instances.c.lease_expires_at < clock,
-                ),
-            )
-            .limit(1)
-        )
+        due = _due(self.store._clock()).limit(1)
         waiting = select(process_inbox.c.id).limit(1)
         with self.engine.connect() as conn:
             return bool(conn.execute(select(or_(exists(due), exists(waiting)))).scalar())
