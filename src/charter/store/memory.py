@@ -43,11 +43,13 @@ from charter.store.protocol import (
     RecordTrail,
     ReplayDelivery,
     ReplayResult,
+    action_row,
     drift_event,
     drift_notice,
     error_class,
     held_rows,
     notice_event_id,
+    rearmed,
     record_rows,
     released_payload,
     with_events,
@@ -400,30 +402,12 @@ class MemoryStore:
         self._actions.append(
             {
                 "id": next(self._action_seq),
-                "delivery_id": delivery_id,
-                "replay_id": replay_id,
-                "action": action.value,
-                "by": who.by,
-                "reason": who.reason,
-                "at": now,
-                "details": orjson.dumps(details).decode(),
+                **action_row(delivery_id, action, who, now, details, replay_id),
             }
         )
 
     def _rearm(self, row: dict[str, Any], mapping: str, payload: str, key: str, now: float) -> None:
-        row.update(
-            status=DeliveryStatus.PENDING.value,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-            delivered_at=None,
-            fallback=None,
-            lease_owner=None,
-            lease_expires_at=None,
-            mapping=mapping,
-            payload=payload,
-            idempotency_key=key,
-        )
+        row.update(rearmed(now), mapping=mapping, payload=payload, idempotency_key=key)
         self._pending.add(row["id"])
 
     def redrive(self, rearms: list[Rearm], who: Operator) -> list[int]:
@@ -659,16 +643,7 @@ class MemoryStore:
                 row = self._drift.get(key)
                 if row is None:
                     new += 1
-                    self._drift[key] = {
-                        "system": c.system,
-                        "event_type": c.event_type,
-                        "kind": c.kind,
-                        "field": c.field,
-                        "value": c.value,
-                        "count": c.count,
-                        "first_seen": c.first_seen,
-                        "last_seen": c.last_seen,
-                    }
+                    self._drift[key] = c.row()
                     if c.kind != "seen":
                         notice = drift_notice(c, now)
                         self._notices.append({"id": next(self._notice_seq), **notice})

@@ -147,6 +147,55 @@ class DriftCount:
     last_seen: float
     team: str
 
+    def row(self) -> dict[str, Any]:
+        """The stored drift row of this count (the team is not stored with it)."""
+        return {
+            "system": self.system,
+            "event_type": self.event_type,
+            "kind": self.kind,
+            "field": self.field,
+            "value": self.value,
+            "count": self.count,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+        }
+
+
+def action_row(
+    delivery_id: int | None,
+    action: DeliveryAction,
+    who: Operator,
+    now: float,
+    details: dict[str, Any],
+    replay_id: str | None = None,
+) -> dict[str, Any]:
+    """A ``delivery_actions`` row: who did what to a delivery (or a replay), when and why."""
+    return {
+        "delivery_id": delivery_id,
+        "replay_id": replay_id,
+        "action": action.value,
+        "by": who.by,
+        "reason": who.reason,
+        "at": now,
+        "details": orjson.dumps(details).decode(),
+    }
+
+
+def rearmed(now: float) -> dict[str, Any]:
+    """What a redriven delivery starts again with, besides its mapping, payload and key."""
+    return {
+        "status": DeliveryStatus.PENDING.value,
+        "attempts": 0,
+        "next_attempt_at": now,
+        # The clock of end-to-end latency starts again with the new run.
+        "created_at": now,
+        "delivered_at": None,
+        # Where an earlier run went stays in its attempts.
+        "fallback": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+
 
 def held_rows(appended: list[NewEvent], now: float) -> list[dict[str, Any]]:
     """The ``quarantine`` rows of appended events' held writes."""

@@ -14,33 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-import orjson
 from sqlalchemy import Connection, Engine, Float, create_engine, event, func, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
 
 from charter.errors import StoreError
-from charter.store.protocol import DeliveryAction, IngestBatch, NewEvent, Operator
-
-
-def action_row(
-    delivery_id: int | None,
-    action: DeliveryAction,
-    who: Operator,
-    now: float,
-    details: dict[str, Any],
-    replay_id: str | None = None,
-) -> dict[str, Any]:
-    """A ``delivery_actions`` row: who did what to a delivery (or a replay), when and why."""
-    return {
-        "delivery_id": delivery_id,
-        "replay_id": replay_id,
-        "action": action.value,
-        "by": who.by,
-        "reason": who.reason,
-        "at": now,
-        "details": orjson.dumps(details).decode(),
-    }
+from charter.store.protocol import IngestBatch, NewEvent
 
 
 def create_store_engine(url: str) -> Engine:

@@ -32,9 +32,11 @@ from charter.store.protocol import (
     Rearm,
     ReplayDelivery,
     ReplayResult,
+    action_row,
+    rearmed,
 )
 from charter.store.schema import attempts, deliveries, delivery_actions, events
-from charter.store.sql_base import SqlBase, action_row, row_dict
+from charter.store.sql_base import SqlBase, row_dict
 
 # Rows per statement when a replay or a bulk redrive writes many deliveries.
 CHUNK = 1000
@@ -181,16 +183,7 @@ class DeadLetterSql(SqlBase):
             update(deliveries)
             .where(deliveries.c.id == bindparam("b_id"))
             .values(
-                status=DeliveryStatus.PENDING.value,
-                attempts=0,
-                next_attempt_at=now,
-                # The clock of end-to-end latency starts again with the new run.
-                created_at=now,
-                delivered_at=None,
-                # Where an earlier run went stays in its attempts.
-                fallback=None,
-                lease_owner=None,
-                lease_expires_at=None,
+                **rearmed(now),
                 mapping=bindparam("b_mapping"),
                 payload=bindparam("b_payload"),
                 idempotency_key=bindparam("b_key"),

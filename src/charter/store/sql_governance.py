@@ -18,6 +18,7 @@ from charter.store.protocol import (
     Operator,
     QuarantineStatus,
     RecordTrail,
+    action_row,
     drift_event,
     drift_notice,
     held_rows,
@@ -37,7 +38,7 @@ from charter.store.schema import (
     quarantine,
     record_keys,
 )
-from charter.store.sql_base import SqlBase, action_row, row_dict
+from charter.store.sql_base import SqlBase, row_dict
 
 
 class GovernanceSql(SqlBase):
@@ -180,19 +181,7 @@ class GovernanceSql(SqlBase):
         if not counts:
             return 0
         keys = ("system", "event_type", "kind", "field", "value")
-        rows = [
-            {
-                "system": c.system,
-                "event_type": c.event_type,
-                "kind": c.kind,
-                "field": c.field,
-                "value": c.value,
-                "count": c.count,
-                "first_seen": c.first_seen,
-                "last_seen": c.last_seen,
-            }
-            for c in counts
-        ]
+        rows = [c.row() for c in counts]
         with self._write() as conn:
             now = self._now(conn)
             # Insert what is new first: a row this statement created is seen for the first
@@ -286,36 +275,23 @@ class GovernanceSql(SqlBase):
                 )
             ]
             ids = sorted({row["id"] for row in event_rows})
-            delivery_rows: list[dict[str, Any]] = []
-            if ids:
-                delivery_rows = [
-                    row_dict(r._mapping)
-                    for r in conn.execute(
-                        select(deliveries)
-                        .where(deliveries.c.event_id.in_(ids))
-                        .order_by(deliveries.c.id)
-                    )
-                ]
+            delivery_rows = _rows_where_in(conn, deliveries, deliveries.c.event_id, ids)
             numbers = [row["id"] for row in delivery_rows]
-            attempt_rows: list[dict[str, Any]] = []
-            action_rows: list[dict[str, Any]] = []
-            if numbers:
-                attempt_rows = [
-                    row_dict(r._mapping)
-                    for r in conn.execute(
-                        select(attempts)
-                        .where(attempts.c.delivery_id.in_(numbers))
-                        .order_by(attempts.c.id)
-                    )
-                ]
-                action_rows = [
-                    row_dict(r._mapping)
-                    for r in conn.execute(
-                        select(delivery_actions)
-                        .where(delivery_actions.c.delivery_id.in_(numbers))
-                        .order_by(delivery_actions.c.id)
-                    )
-                ]
+            attempt_rows = _rows_where_in(conn, attempts, attempts.c.delivery_id, numbers)
+            action_rows = _rows_where_in(
+                conn, delivery_actions, delivery_actions.c.delivery_id, numbers
+            )
         for row in action_rows:
             row["details"] = orjson.loads(row["details"])
         return RecordTrail(event_rows, delivery_rows, attempt_rows, action_rows)
+
+
+def _rows_where_in(
+    conn: Connection, table: Any, column: Any, values: list[Any]
+) -> list[dict[str, Any]]:
+    """The rows of ``table`` whose ``column`` is one of ``values``, in id order (none for no
+    values, without a query)."""
+    if not values:
+        return []
+    found = conn.execute(select(table).where(column.in_(values)).order_by(table.c.id))
+    return [row_dict(r._mapping) for r in found]
