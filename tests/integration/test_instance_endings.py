@@ -165,12 +165,14 @@ def test_the_store_tells_whether_a_claim_would_find_anything(
         assert not store.anything_to_claim()
         time.sleep(0.4)
         assert store.anything_to_claim()
-        [claimed] = store.claim("worker-1", 10, 30.0, []).instances
+        [claimed] = store.claim("worker-1", 10, 30.0).instances
         assert claimed.id == ident
         assert not store.anything_to_claim()  # leased
         store.enqueue(ident, "cancel", {"by": "ops", "reason": "test"})
         assert store.anything_to_claim()  # an operation waits in its inbox
-        store.claim("worker-1", 10, 30.0, [ident])
+        claim = store.claim("worker-1", 10, 30.0)
+        assert [item.kind for item in claim.inbox[ident]] == ["cancel"]  # read for its holder
+        assert not store.claim("worker-2", 10, 30.0).inbox  # and for nobody else
         assert store.anything_to_claim()  # still there until a transition consumes it
     finally:
         hub.close()
@@ -190,7 +192,7 @@ def test_workers_claiming_at_once_never_share_an_instance(project: Path, pg_url:
 
         def work(worker: str) -> None:
             barrier.wait(timeout=10)
-            while batch := store.claim(worker, 7, 30.0, []).instances:
+            while batch := store.claim(worker, 7, 30.0).instances:
                 claimed[worker].extend(i.id for i in batch)
 
         threads = [threading.Thread(target=work, args=(name,)) for name in claimed]

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    case,
     delete,
     exists,
     func,
@@ -120,13 +121,18 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _float(value: float | None) -> float | None:
+    """A time as a float: a PostgreSQL array takes the type of its first element."""
+    return None if value is None else float(value)
+
+
 def _history_rows(w: InstanceWrite, now: float) -> list[tuple[Any, ...]]:
     """Parameters of ``_INSERT_HISTORY`` for the timeline entries of ``w``."""
     ident = w.instance.id
     return [
         (
             ident,
-            h.get("at", now),
+            float(h.get("at", now)),
             h.get("step"),
             h["what"],
             _json({k: v for k, v in h.items() if k not in ("at", "step", "what")}),
@@ -135,13 +141,64 @@ def _history_rows(w: InstanceWrite, now: float) -> list[tuple[Any, ...]]:
     ]
 
 
+# The two statements of every transition, as the driver takes them. SQLite runs them as
+# an executemany of plain tuples, in process. PostgreSQL gets one statement over arrays, a
+# column each (unnest): a group of N instances is one statement to send, plan and run,
+# where an executemany is N, each with its own round of the driver's work per row. The
+# arrays go in binary (%b): as text, quoting every JSON state cost more than the rest.
+#
+# An instance whose inbox still holds an item after the transition (one that arrived after
+# its worker read the inbox) is due at once, whatever the transition says, so that the
+# item is never left with nobody to claim it; the consumed items are deleted first.
 _UPDATE_LEASED = (
-    "UPDATE process_instances SET status = {m}, state = {m}, next_wake_at = {m}, "
-    "lease_owner = {m}, lease_expires_at = {m}, updated_at = {m} WHERE id = {m}"
+    "UPDATE process_instances SET status = ?1, state = ?2, next_wake_at = CASE WHEN "
+    "EXISTS (SELECT 1 FROM process_inbox i WHERE i.instance_id = ?7) "
+    "THEN min(coalesce(?3, ?6), ?6) ELSE ?3 END, "
+    "lease_owner = ?4, lease_expires_at = ?5, updated_at = ?6 WHERE id = ?7"
+)
+_UPDATE_LEASED_PG = (
+    "UPDATE process_instances AS p SET status = v.status, state = v.state, "
+    "next_wake_at = CASE WHEN EXISTS (SELECT 1 FROM process_inbox i WHERE i.instance_id = p.id) "
+    "THEN least(v.next_wake_at, v.updated_at) ELSE v.next_wake_at END, "
+    "lease_owner = v.lease_owner, "
+    "lease_expires_at = v.lease_expires_at, updated_at = v.updated_at "
+    "FROM unnest(%b::varchar[], %b::text[], %b::float8[], %b::varchar[], %b::float8[], "
+    "%b::float8[], %b::varchar[]) "
+    "AS v(status, state, next_wake_at, lease_owner, lease_expires_at, updated_at, id) "
+    "WHERE p.id = v.id"
 )
 _INSERT_HISTORY = (
+    "INSERT INTO process_history (instance_id, at, step, what, detail) VALUES (?, ?, ?, ?, ?)"
+)
+# New instances, as a group of starts inserts them.
+_INSTANCE_COLUMNS = (
+    "id",
+    "process",
+    "version",
+    "business_key",
+    "parent_id",
+    "parent_step",
+    "created_at",
+    "status",
+    "state",
+    "next_wake_at",
+    "lease_owner",
+    "lease_expires_at",
+    "updated_at",
+)
+_INSERT_INSTANCES_PG = (
+    f"INSERT INTO process_instances ({', '.join(_INSTANCE_COLUMNS)}) "
+    "SELECT * FROM unnest(%b::varchar[], %b::varchar[], %b::int4[], %b::varchar[], "
+    "%b::varchar[], %b::varchar[], %b::float8[], %b::varchar[], %b::text[], %b::float8[], "
+    "%b::varchar[], %b::float8[], %b::float8[]) "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
+# A timeline is read in the order of its ids: the rows go in in the order given.
+_INSERT_HISTORY_PG = (
     "INSERT INTO process_history (instance_id, at, step, what, detail) "
-    "VALUES ({m}, {m}, {m}, {m}, {m})"
+    "SELECT instance_id, at, step, what, detail FROM unnest(%b::varchar[], %b::float8[], "
+    "%b::varchar[], %b::varchar[], %b::text[]) WITH ORDINALITY "
+    "AS h(instance_id, at, step, what, detail, n) ORDER BY n"
 )
 
 
@@ -192,12 +249,12 @@ class SqlProcessStore:
         self._insert_instances = self.store._insert_ignore(process_instances).returning(
             process_instances.c.id
         )
-        # The two statements of every transition, as the driver takes them: an executemany
-        # of plain tuples. Through SQLAlchemy's compiled statements, its handling of each
-        # row's parameters cost more CPU than the statements themselves.
-        mark = "%s" if store.is_postgres else "?"
-        self._update_leased = _UPDATE_LEASED.format(m=mark)
-        self._insert_history = _INSERT_HISTORY.format(m=mark)
+        # The two statements of every transition go to the driver as they are (see
+        # `_many`): through SQLAlchemy's compiled statements, its handling of each row's
+        # parameters cost more CPU than the statements themselves.
+        pg = store.is_postgres
+        self._update_leased = _UPDATE_LEASED_PG if pg else _UPDATE_LEASED
+        self._insert_history = _INSERT_HISTORY_PG if pg else _INSERT_HISTORY
         self._notify_ended = text(f"SELECT pg_notify('{ENDED_CHANNEL}', :ids)")
         self._insert_waits = insert(process_waits)
 
@@ -304,13 +361,15 @@ class SqlProcessStore:
         done = [w for _, w in updates if w.instance.id in owned]
         if not done:
             return results
-        conn.exec_driver_sql(
+        self._consume(conn, [item for w in done for item in w.consumed])
+        self._many(
+            conn,
             self._update_leased,
             [
                 (
                     w.instance.status,
                     _json(w.instance.state),
-                    w.next_wake_at,
+                    _float(w.next_wake_at),
                     worker if w.keep_lease else None,
                     now + lease if w.keep_lease else None,
                     now,
@@ -341,30 +400,33 @@ class SqlProcessStore:
         first: dict[str, InstanceWrite] = {}
         for _, w in starts:
             first.setdefault(w.instance.id, w)
-        inserted = {
-            str(x)
-            for x in conn.execute(
+        rows = [
+            (
+                w.instance.id,
+                w.instance.process,
+                w.instance.version,
+                w.instance.business_key,
+                w.instance.parent_id,
+                w.instance.parent_step,
+                now,
+                w.instance.status,
+                _json(w.instance.state),
+                _float(w.next_wake_at),
+                worker if w.keep_lease else None,
+                now + lease if w.keep_lease else None,
+                now,
+            )
+            for w in first.values()
+        ]
+        if self.store.is_postgres:
+            columns = tuple(list(column) for column in zip(*rows, strict=True))
+            found = conn.exec_driver_sql(_INSERT_INSTANCES_PG, columns).scalars()
+        else:
+            found = conn.execute(
                 self._insert_instances,
-                [
-                    {
-                        "id": w.instance.id,
-                        "process": w.instance.process,
-                        "version": w.instance.version,
-                        "business_key": w.instance.business_key,
-                        "parent_id": w.instance.parent_id,
-                        "parent_step": w.instance.parent_step,
-                        "created_at": now,
-                        "status": w.instance.status,
-                        "state": _json(w.instance.state),
-                        "next_wake_at": w.next_wake_at,
-                        "lease_owner": worker if w.keep_lease else None,
-                        "lease_expires_at": now + lease if w.keep_lease else None,
-                        "updated_at": now,
-                    }
-                    for w in first.values()
-                ],
+                [dict(zip(_INSTANCE_COLUMNS, row, strict=True)) for row in rows],
             ).scalars()
-        }
+        inserted = {str(x) for x in found}
         done = [w for ident, w in first.items() if ident in inserted]
         self._rows_of(conn, done, now, lease)
         results: dict[int, WriteResult] = {}
@@ -385,25 +447,32 @@ class SqlProcessStore:
     def _rows_of(
         self, conn: Connection, done: list[InstanceWrite], now: float, lease: float
     ) -> None:
-        """What commits with the instance rows of ``done``: history, waits, consumed inbox
-        items, side effects (stale waits are already deleted)."""
+        """What commits with the instance rows of ``done``: history, waits, side effects
+        (stale waits and consumed inbox items are already deleted)."""
         history = [row for w in done for row in _history_rows(w, now)]
         if history:
-            conn.exec_driver_sql(self._insert_history, history)
+            self._many(conn, self._insert_history, history)
         waits = [{"instance_id": w.instance.id, **vars(x)} for w in done for x in w.waits]
         if waits:
             conn.execute(self._insert_waits, waits)
-        consumed = [item for w in done for item in w.consumed]
-        if consumed:
-            conn.execute(delete(process_inbox).where(process_inbox.c.id.in_(consumed)))
         for w in done:
             self._side_effects(conn, w, now, lease)
+
+    def _many(self, conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run ``statement`` for every row: on PostgreSQL once, with a column per parameter."""
+        if not rows:
+            return
+        if self.store.is_postgres:
+            columns = tuple(list(column) for column in zip(*rows, strict=True))
+            conn.exec_driver_sql(statement, columns)
+        else:
+            conn.exec_driver_sql(statement, rows)
 
     def _write_one(
         self, conn: Connection, worker: str | None, w: InstanceWrite, now: float, lease: float
     ) -> WriteResult:
         i = w.instance
-        values = {
+        values: dict[str, Any] = {
             "status": i.status,
             "state": _json(i.state),
             "next_wake_at": w.next_wake_at,
@@ -437,10 +506,18 @@ class SqlProcessStore:
             owned = process_instances.c.id == i.id
             if worker is not None:
                 owned = and_(owned, process_instances.c.lease_owner == worker)
+            # As in `_UPDATE_LEASED`: due at once while an unconsumed inbox item waits.
+            waiting = select(process_inbox.c.id).where(process_inbox.c.instance_id == i.id)
+            if w.consumed:
+                waiting = waiting.where(process_inbox.c.id.not_in(w.consumed))
+            values["next_wake_at"] = case(
+                (exists(waiting), now if w.next_wake_at is None else min(w.next_wake_at, now)),
+                else_=w.next_wake_at,
+            )
             if conn.execute(update(process_instances).where(owned).values(**values)).rowcount == 0:
                 return WriteResult("lost", i.id)
         if w.history:
-            conn.exec_driver_sql(self._insert_history, _history_rows(w, now))
+            self._many(conn, self._insert_history, _history_rows(w, now))
         if not w.new:
             conn.execute(delete(process_waits).where(process_waits.c.instance_id == i.id))
         if w.waits:
@@ -448,10 +525,13 @@ class SqlProcessStore:
                 insert(process_waits),
                 [{"instance_id": i.id, **vars(wait)} for wait in w.waits],
             )
-        if w.consumed:
-            conn.execute(delete(process_inbox).where(process_inbox.c.id.in_(w.consumed)))
+        self._consume(conn, w.consumed)
         self._side_effects(conn, w, now, lease)
         return WriteResult("ok", i.id)
+
+    def _consume(self, conn: Connection, items: list[int]) -> None:
+        if items:
+            conn.execute(delete(process_inbox).where(process_inbox.c.id.in_(items)))
 
     def _side_effects(self, conn: Connection, w: InstanceWrite, now: float, lease: float) -> None:
         """What commits with a transition besides its row: matches, escalations, children."""
@@ -602,8 +682,9 @@ class SqlProcessStore:
 
     # claiming
 
-    def claim(self, worker: str, limit: int, lease_seconds: float, held: list[str]) -> Claim:
-        """Lease up to ``limit`` due instances, and read the inbox of those already held."""
+    def claim(self, worker: str, limit: int, lease_seconds: float) -> Claim:
+        """Lease up to ``limit`` due instances, and read the inboxes of every instance
+        ``worker`` leases, those just claimed and those it already held."""
         claim = Claim()
         with self.store._write() as conn:
             now = self.store._now(conn)
@@ -624,17 +705,17 @@ class SqlProcessStore:
                     .returning(*process_instances.c)
                 ).all()
                 claim.instances = [_record(r) for r in rows]
-            wanted = ids + held
-            for chunk in range(0, len(wanted), 500):
-                part = wanted[chunk : chunk + 500]
-                for r in conn.execute(
-                    select(process_inbox)
-                    .where(process_inbox.c.instance_id.in_(part))
-                    .order_by(process_inbox.c.id)
-                ):
-                    claim.inbox.setdefault(r.instance_id, []).append(
-                        InboxItem(r.id, r.instance_id, r.kind, orjson.loads(r.body))
-                    )
+            # Every instance leased to the worker: those just claimed and those it holds.
+            # Inboxes are mostly empty, so this reads little whatever the worker holds.
+            for r in conn.execute(
+                select(process_inbox)
+                .join(process_instances, process_instances.c.id == process_inbox.c.instance_id)
+                .where(process_instances.c.lease_owner == worker)
+                .order_by(process_inbox.c.id)
+            ):
+                claim.inbox.setdefault(r.instance_id, []).append(
+                    InboxItem(r.id, r.instance_id, r.kind, orjson.loads(r.body))
+                )
         return claim
 
     def extend_leases(self, worker: str, ids: list[str], lease_seconds: float) -> None:

@@ -1,0 +1,78 @@
+"""An inbox item that arrives for an instance while a worker holds it is never stranded:
+the worker's next write, even one that lets the instance go with nothing due, leaves it due
+while its inbox holds anything it did not consume, so a claim picks the item up."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from charter.engine import machine
+from charter.engine.messages import SignalReceived
+from charter.engine.persist import Planner
+from charter.runtime import Hub
+
+TWO_SIGNALS = """\
+kind: Process
+name: two-signals
+version: 1
+owner: integration-platform
+tier: informational
+slo: {objective: 99.0, latency: 1m}
+steps:
+  - id: first
+    wait: {signal: one}
+  - id: second
+    wait: {signal: two}
+"""
+
+
+@pytest.fixture
+def project(project_dir: Path) -> Path:
+    processes = project_dir / "processes"
+    processes.mkdir(exist_ok=True)
+    (processes / "two-signals.yaml").write_text(TWO_SIGNALS)
+    return project_dir
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("group", [True, False], ids=["group-write", "single-write"])
+def test_an_item_that_arrives_while_the_instance_is_held_keeps_it_due(
+    kind: str, group: bool, project: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'charter.db'}"
+        if kind == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    hub = Hub.open(project, database=url)
+    store = hub.processes.store
+    try:
+        ident, _ = hub.processes.start("two-signals", "S-1", {})
+        store.enqueue(ident, "signal", {"name": "one"})
+        claim = store.claim("worker-1", 10, 30.0)
+        [record] = claim.instances
+        [first] = claim.inbox[ident]
+        # The second signal arrives after the worker read the inbox.
+        store.enqueue(ident, "signal", {"name": "two"})
+
+        definition = hub.processes.definitions.get("two-signals", 1)
+        now = time.time()
+        transition = machine.advance(definition, record.state, SignalReceived("one", None, now))
+        write = Planner(hub.processes.definitions).write(
+            record, transition, now, consumed=[first.id], keep_lease=False
+        )
+        # Waiting for a signal, with nothing to call and no timer: on its own, nothing due.
+        assert write.next_wake_at is None
+        # A worker's group write checks its lease; a write with no worker (an operation's)
+        # takes the single-instance path.
+        [outcome] = store.write("worker-1" if group else None, [write])
+        assert outcome.outcome == "ok"
+
+        again = store.claim("worker-2", 10, 30.0)
+        assert [r.id for r in again.instances] == [ident]
+        assert [item.body["name"] for item in again.inbox[ident]] == ["two"]
+    finally:
+        hub.close()
