@@ -8,14 +8,17 @@ on the database clock, and every write checks that it still does.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from sqlalchemy import (
     Connection,
+    Float,
     Select,
     and_,
+    bindparam,
     case,
     delete,
     exists,
@@ -256,6 +259,40 @@ class SqlProcessStore:
         self._update_leased = _UPDATE_LEASED_PG if pg else _UPDATE_LEASED
         self._insert_history = _INSERT_HISTORY_PG if pg else _INSERT_HISTORY
         self._notify_ended = text(f"SELECT pg_notify('{ENDED_CHANNEL}', :ids)")
+        owned = [process_instances.c.id]
+        if pg:
+            owned.append(store._clock().label("now"))
+        self._select_owned = (
+            select(*owned)
+            .where(
+                process_instances.c.id.in_(bindparam("ids", expanding=True)),
+                process_instances.c.lease_owner == bindparam("owner"),
+            )
+            .with_for_update()
+        )
+        # A claim's statements, built once. On PostgreSQL the due instances are found and
+        # locked on the database clock, which the same statement returns for their leases;
+        # on SQLite, where one process owns the file, on this process's clock.
+        at = store._clock() if pg else bindparam("now", type_=Float)
+        self._claim_due = (
+            _due(at)
+            .add_columns(at.label("now"))
+            .order_by(process_instances.c.next_wake_at)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+        self._claim_lease = (
+            update(process_instances)
+            .where(process_instances.c.id.in_(bindparam("ids", expanding=True)))
+            .values(lease_owner=bindparam("owner"), lease_expires_at=bindparam("expires"))
+            .returning(*process_instances.c)
+        )
+        self._claim_inbox = (
+            select(process_inbox)
+            .join(process_instances, process_instances.c.id == process_inbox.c.instance_id)
+            .where(process_instances.c.lease_owner == bindparam("owner"))
+            .order_by(process_inbox.c.id)
+        )
         self._insert_waits = insert(process_waits)
 
     # definitions
@@ -329,17 +366,9 @@ class SqlProcessStore:
         leases none of them, or on SQLite)."""
         owned: set[str] = set()
         now: float | None = None
-        columns = [process_instances.c.id]
-        if self.store.is_postgres:
-            columns.append(self.store._clock().label("now"))
         for chunk in range(0, len(ids), 500):
             for row in conn.execute(
-                select(*columns)
-                .where(
-                    process_instances.c.id.in_(ids[chunk : chunk + 500]),
-                    process_instances.c.lease_owner == worker,
-                )
-                .with_for_update()
+                self._select_owned, {"ids": ids[chunk : chunk + 500], "owner": worker}
             ):
                 owned.add(str(row[0]))
                 if now is None and len(row) > 1:
@@ -687,32 +716,26 @@ class SqlProcessStore:
         ``worker`` leases, those just claimed and those it already held."""
         claim = Claim()
         with self.store._write() as conn:
-            now = self.store._now(conn)
-            ids: list[str] = []
+            due: list[Any] = []
             if limit > 0:
-                due = (
-                    _due(now)
-                    .order_by(process_instances.c.next_wake_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-                ids = [str(x) for x in conn.execute(due).scalars()]
-            if ids:
+                params: dict[str, Any] = {"limit": limit}
+                if not self.store.is_postgres:
+                    params["now"] = time.time()
+                due = list(conn.execute(self._claim_due, params))
+            if due:
+                now = float(due[0].now)
                 rows = conn.execute(
-                    update(process_instances)
-                    .where(process_instances.c.id.in_(ids))
-                    .values(lease_owner=worker, lease_expires_at=now + lease_seconds)
-                    .returning(*process_instances.c)
+                    self._claim_lease,
+                    {
+                        "ids": [str(r.id) for r in due],
+                        "owner": worker,
+                        "expires": now + lease_seconds,
+                    },
                 ).all()
                 claim.instances = [_record(r) for r in rows]
             # Every instance leased to the worker: those just claimed and those it holds.
             # Inboxes are mostly empty, so this reads little whatever the worker holds.
-            for r in conn.execute(
-                select(process_inbox)
-                .join(process_instances, process_instances.c.id == process_inbox.c.instance_id)
-                .where(process_instances.c.lease_owner == worker)
-                .order_by(process_inbox.c.id)
-            ):
+            for r in conn.execute(self._claim_inbox, {"owner": worker}):
                 claim.inbox.setdefault(r.instance_id, []).append(
                     InboxItem(r.id, r.instance_id, r.kind, orjson.loads(r.body))
                 )
