@@ -37,17 +37,11 @@ def project(project_dir: Path) -> Path:
     return project_dir
 
 
-@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 @pytest.mark.parametrize("group", [True, False], ids=["group-write", "single-write"])
 def test_an_item_that_arrives_while_the_instance_is_held_keeps_it_due(
-    kind: str, group: bool, project: Path, tmp_path: Path, request: pytest.FixtureRequest
+    group: bool, project: Path, db_url: str
 ) -> None:
-    url = (
-        f"sqlite:///{tmp_path / 'charter.db'}"
-        if kind == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
-    hub = Hub.open(project, database=url)
+    hub = Hub.open(project, database=db_url)
     store = hub.processes.store
     try:
         ident, _ = hub.processes.start("two-signals", "S-1", {})

@@ -148,16 +148,8 @@ def test_an_end_committed_by_another_process_reaches_a_waiting_request(
         writing_side.close()
 
 
-@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_the_store_tells_whether_a_claim_would_find_anything(
-    project: Path, tmp_path: Path, kind: str, request: pytest.FixtureRequest
-) -> None:
-    url = (
-        f"sqlite:///{tmp_path / 'charter.db'}"
-        if kind == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
-    hub = Hub.open(project, database=url)
+def test_the_store_tells_whether_a_claim_would_find_anything(project: Path, db_url: str) -> None:
+    hub = Hub.open(project, database=db_url)
     store = hub.processes.store
     try:
         assert not store.anything_to_claim()

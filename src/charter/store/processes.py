@@ -124,6 +124,30 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# What every write of an instance sets, in this order (the last columns of a new instance).
+_CHANGED_COLUMNS = (
+    "status",
+    "state",
+    "next_wake_at",
+    "lease_owner",
+    "lease_expires_at",
+    "updated_at",
+)
+
+
+def _changed(w: InstanceWrite, worker: str | None, now: float, lease: float) -> tuple[Any, ...]:
+    """The values of ``_CHANGED_COLUMNS`` that ``w`` writes."""
+    keep = w.keep_lease
+    return (
+        w.instance.status,
+        _json(w.instance.state),
+        _float(w.next_wake_at),
+        worker if keep else None,
+        now + lease if keep else None,
+        now,
+    )
+
+
 def _float(value: float | None) -> float | None:
     """A time as a float: a PostgreSQL array takes the type of its first element."""
     return None if value is None else float(value)
@@ -182,12 +206,7 @@ _INSTANCE_COLUMNS = (
     "parent_id",
     "parent_step",
     "created_at",
-    "status",
-    "state",
-    "next_wake_at",
-    "lease_owner",
-    "lease_expires_at",
-    "updated_at",
+    *_CHANGED_COLUMNS,
 )
 _INSERT_INSTANCES_PG = (
     f"INSERT INTO process_instances ({', '.join(_INSTANCE_COLUMNS)}) "
@@ -394,18 +413,7 @@ class SqlProcessStore:
         self._many(
             conn,
             self._update_leased,
-            [
-                (
-                    w.instance.status,
-                    _json(w.instance.state),
-                    _float(w.next_wake_at),
-                    worker if w.keep_lease else None,
-                    now + lease if w.keep_lease else None,
-                    now,
-                    w.instance.id,
-                )
-                for w in done
-            ],
+            [(*_changed(w, worker, now, lease), w.instance.id) for w in done],
         )
         stale = [w.instance.id for w in done if w.had_waits]
         if stale:
@@ -438,12 +446,7 @@ class SqlProcessStore:
                 w.instance.parent_id,
                 w.instance.parent_step,
                 now,
-                w.instance.status,
-                _json(w.instance.state),
-                _float(w.next_wake_at),
-                worker if w.keep_lease else None,
-                now + lease if w.keep_lease else None,
-                now,
+                *_changed(w, worker, now, lease),
             )
             for w in first.values()
         ]
@@ -501,14 +504,9 @@ class SqlProcessStore:
         self, conn: Connection, worker: str | None, w: InstanceWrite, now: float, lease: float
     ) -> WriteResult:
         i = w.instance
-        values: dict[str, Any] = {
-            "status": i.status,
-            "state": _json(i.state),
-            "next_wake_at": w.next_wake_at,
-            "lease_owner": worker if w.keep_lease else None,
-            "lease_expires_at": now + lease if w.keep_lease else None,
-            "updated_at": now,
-        }
+        values: dict[str, Any] = dict(
+            zip(_CHANGED_COLUMNS, _changed(w, worker, now, lease), strict=True)
+        )
         if w.new:
             inserted = conn.execute(
                 self._insert_instances,
