@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -149,16 +149,9 @@ class DriftCount:
 
     def row(self) -> dict[str, Any]:
         """The stored drift row of this count (the team is not stored with it)."""
-        return {
-            "system": self.system,
-            "event_type": self.event_type,
-            "kind": self.kind,
-            "field": self.field,
-            "value": self.value,
-            "count": self.count,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-        }
+        row = asdict(self)
+        del row["team"]
+        return row
 
 
 def action_row(
