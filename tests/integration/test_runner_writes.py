@@ -1,0 +1,121 @@
+"""A runner with group writes in flight never writes an instance twice at once: a result
+that arrives while its instance is being written waits for that write, and is applied to
+the state the write committed."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from charter.engine.runner import ProcessRunner, RunnerSettings, TaskContext
+from charter.runtime import Hub
+from charter.store.processes import InstanceWrite, SqlProcessStore, WriteResult
+
+TWO_BRANCHES = """\
+kind: Process
+name: two-branches
+version: 1
+owner: integration-platform
+tier: informational
+slo: {objective: 99.0, latency: 1m}
+steps:
+  - id: both
+    parallel:
+      branches:
+        - - id: fast
+            task: {handler: fast}
+        - - id: slow
+            task: {handler: slow}
+"""
+
+
+class GatedStore:
+    """The store, with the runner's first group write held until ``release`` and every
+    write's instances and time span recorded."""
+
+    def __init__(self, store: SqlProcessStore) -> None:
+        self._store = store
+        self.gate = threading.Event()
+        self.held_first = threading.Event()
+        self.spans: list[tuple[set[str], float, float]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def write(
+        self, worker: str | None, writes: list[InstanceWrite], lease_seconds: float = 30.0
+    ) -> list[WriteResult]:
+        began = time.monotonic()
+        if not self.held_first.is_set():
+            self.held_first.set()
+            assert self.gate.wait(10), "the test never released the first write"
+        result = self._store.write(worker, writes, lease_seconds)
+        self.spans.append(({w.instance.id for w in writes}, began, time.monotonic()))
+        return result
+
+
+@pytest.fixture
+def hub(project_dir: Path, tmp_path: Path) -> Any:
+    processes = project_dir / "processes"
+    processes.mkdir(exist_ok=True)
+    (processes / "two-branches.yaml").write_text(TWO_BRANCHES)
+    hub = Hub.open(project_dir, database=f"sqlite:///{tmp_path / 'charter.db'}")
+    yield hub
+    hub.close()
+
+
+def test_a_result_for_an_instance_being_written_waits_for_that_write(hub: Hub) -> None:
+    service = hub.processes
+    store = GatedStore(service.store)
+
+    async def scenario() -> dict[str, Any]:
+        slow_go = asyncio.Event()
+
+        async def fast(data: Any, context: TaskContext) -> dict[str, Any]:
+            return {"fast": True}
+
+        async def slow(data: Any, context: TaskContext) -> dict[str, Any]:
+            await slow_go.wait()
+            return {"slow": True}
+
+        runner = ProcessRunner(
+            store,  # type: ignore[arg-type]
+            service.definitions,
+            {},
+            {"fast": fast, "slow": slow},
+            "worker-1",
+            # Two writes in flight even on SQLite, so that a second could start.
+            RunnerSettings(idle_poll=0.02, writes_in_flight=2),
+            on_ended=service.endings.ended,
+        )
+        service.hand_starts_to(runner.name, runner.adopt)
+        running = asyncio.create_task(runner.run())
+        try:
+            ident, _ = await service.start_async("two-branches", "B-1", {})
+            # The fast branch's result is being written (held); now the slow one finishes.
+            assert await asyncio.to_thread(store.held_first.wait, 10)
+            slow_go.set()
+            await asyncio.sleep(0.3)  # time enough for a second write, were one made
+            assert store.spans == [], "a write went ahead of the held one"
+            store.gate.set()
+            return await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
+        finally:
+            store.gate.set()
+            runner.stop()
+            await running
+
+    shown = asyncio.run(scenario())
+    assert shown["status"] == "completed"
+    assert shown["steps"]["fast"]["status"] == "completed"
+    assert shown["steps"]["slow"]["status"] == "completed"
+    assert shown["context"]["steps"]["fast"] == {"fast": True}
+    assert shown["context"]["steps"]["slow"] == {"slow": True}
+    # The slow result went into a write of its own, after the held one committed.
+    first, second = store.spans[0], store.spans[1]
+    assert first[0] == second[0]
+    assert second[1] >= first[2]
