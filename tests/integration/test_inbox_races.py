@@ -13,6 +13,7 @@ from charter.engine import machine
 from charter.engine.messages import SignalReceived
 from charter.engine.persist import Planner
 from charter.runtime import Hub
+from charter.store.schema import process_inbox
 
 TWO_SIGNALS = """\
 kind: Process
@@ -68,5 +69,36 @@ def test_an_item_that_arrives_while_the_instance_is_held_keeps_it_due(
         again = store.claim("worker-2", 10, 30.0)
         assert [r.id for r in again.instances] == [ident]
         assert [item.body["name"] for item in again.inbox[ident]] == ["two"]
+    finally:
+        hub.close()
+
+
+def test_on_postgresql_a_claim_takes_an_unleased_instance_with_an_unread_item(
+    project: Path, pg_url: str
+) -> None:
+    """A worker's write on PostgreSQL reads the inbox as it was when the write began; an item
+    committed just after, by a writer that took the instance's row first, can leave the
+    instance with nothing due. The claim takes such an instance all the same."""
+    hub = Hub.open(project, database=pg_url)
+    store = hub.processes.store
+    try:
+        ident, _ = hub.processes.start("two-signals", "S-2", {})
+        assert store.claim("worker-1", 10, 30.0).instances == []  # waiting, nothing due
+        # What such a race leaves behind: an item in the inbox of an instance that is
+        # neither due nor leased.
+        with store.store.engine.begin() as conn:
+            conn.execute(
+                process_inbox.insert().values(
+                    instance_id=ident,
+                    kind="signal",
+                    body='{"name": "one"}',
+                    created_at=time.time(),
+                )
+            )
+        claim = store.claim("worker-1", 10, 30.0)
+        assert [r.id for r in claim.instances] == [ident]
+        assert [item.body["name"] for item in claim.inbox[ident]] == ["one"]
+        # Leased now: another worker gets nothing until the lease runs out.
+        assert store.claim("worker-2", 10, 30.0).instances == []
     finally:
         hub.close()

@@ -153,13 +153,13 @@ def _float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _history_rows(w: InstanceWrite, now: float) -> list[tuple[Any, ...]]:
+def _history_rows(w: InstanceWrite, now: float | None) -> list[tuple[Any, ...]]:
     """Parameters of ``_INSERT_HISTORY`` for the timeline entries of ``w``."""
     ident = w.instance.id
     return [
         (
             ident,
-            float(h.get("at", now)),
+            _float(h.get("at", now)),
             h.get("step"),
             h["what"],
             _json({k: v for k, v in h.items() if k not in ("at", "step", "what")}),
@@ -224,6 +224,160 @@ _INSERT_HISTORY_PG = (
 )
 
 
+# On PostgreSQL a group of plain transitions (see `_plain`) is one statement, run in
+# autocommit (`SqlBase._write_alone`): the instance rows (written only where the worker still
+# holds the lease), the consumed inbox items, the timeline and the notices, one round trip
+# and one commit for the lot. Times are the database clock's (`_NOW_PG`).
+#
+# An instance held with calls in flight is written due at once (see `Planner.write`). When it
+# is due already, its due time is left as it is: an update that changes no indexed column
+# can be a heap-only one (HOT), which adds no entries to the table's four indexes.
+#
+# Such a statement reads the inbox (is anything left unconsumed?) as it was when the
+# statement began. An item whose writer commits after that, but takes the instance's row
+# first, is not seen, and the write may leave the instance with nothing due. A claim on
+# PostgreSQL therefore also takes every unleased instance with anything in its inbox
+# (`_CLAIM_PG`): such an item waits at most for a worker's next look, and is never stranded.
+_WRITE_LEASED_PG = """
+WITH v AS (
+    SELECT * FROM unnest(%(id)b::varchar[], %(status)b::varchar[], %(state)b::text[],
+        %(next_wake_at)b::float8[], %(keep)b::bool[])
+    AS v(id, status, state, next_wake_at, keep)
+),
+u AS (
+    UPDATE process_instances AS p SET status = v.status, state = v.state,
+        next_wake_at = CASE
+            WHEN v.next_wake_at <= {now} AND p.next_wake_at <= v.next_wake_at
+            THEN p.next_wake_at
+            WHEN EXISTS (
+                SELECT 1 FROM process_inbox i
+                WHERE i.instance_id = p.id AND i.id <> ALL(%(consumed)b::int8[])
+            ) THEN least(v.next_wake_at, {now})
+            ELSE v.next_wake_at
+        END,
+        lease_owner = CASE WHEN v.keep THEN p.lease_owner END,
+        lease_expires_at = CASE WHEN v.keep THEN {now} + %(lease)s END,
+        updated_at = {now}
+    FROM v
+    WHERE p.id = v.id AND p.lease_owner = %(worker)s
+    RETURNING p.id
+),
+consumed AS (
+    DELETE FROM process_inbox
+    WHERE id = ANY(%(consumed)b::int8[]) AND instance_id IN (SELECT id FROM u)
+),
+"""
+_START_PG = """
+WITH u AS (
+    INSERT INTO process_instances (id, process, version, business_key, parent_id, parent_step,
+        status, state, next_wake_at, lease_owner, lease_expires_at, created_at, updated_at)
+    SELECT v.id, v.process, v.version, v.business_key, v.parent_id, v.parent_step,
+        v.status, v.state, v.next_wake_at, CASE WHEN v.keep THEN %(worker)s::varchar END,
+        CASE WHEN v.keep THEN {now} + %(lease)s END, {now}, {now}
+    FROM unnest(%(id)b::varchar[], %(process)b::varchar[], %(version)b::int4[],
+        %(business_key)b::varchar[], %(parent_id)b::varchar[], %(parent_step)b::varchar[],
+        %(status)b::varchar[], %(state)b::text[], %(next_wake_at)b::float8[], %(keep)b::bool[])
+    AS v(id, process, version, business_key, parent_id, parent_step, status, state,
+        next_wake_at, keep)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+),
+"""
+# How both end: the timeline entries of the instances written (``u``), in the order given
+# (an entry without a time takes the statement's), and the notices, sent at commit when
+# anything was written (see `_notices`). The ids written are the statement's rows.
+_WRITTEN_PG = """
+history AS (
+    INSERT INTO process_history (instance_id, at, step, what, detail)
+    SELECT h.instance_id, coalesce(h.at, {now}), h.step, h.what, h.detail
+    FROM unnest(%(h_instance)b::varchar[], %(h_at)b::float8[], %(h_step)b::varchar[],
+        %(h_what)b::varchar[], %(h_detail)b::text[])
+    WITH ORDINALITY AS h(instance_id, at, step, what, detail, n)
+    WHERE h.instance_id IN (SELECT id FROM u)
+    ORDER BY h.n
+),
+notice AS (
+    SELECT pg_notify(n.channel, n.payload)
+    FROM unnest(%(n_channel)b::text[], %(n_payload)b::text[]) AS n(channel, payload)
+    WHERE EXISTS (SELECT 1 FROM u)
+)
+SELECT id FROM u, (SELECT count(*) FROM notice) AS sent
+"""
+# The database clock, as every statement here reads it: the time the statement began.
+_NOW_PG = "extract(epoch FROM statement_timestamp())::float8"
+_WRITE_LEASED_PG = (_WRITE_LEASED_PG + _WRITTEN_PG).format(now=_NOW_PG)
+_START_PG = (_START_PG + _WRITTEN_PG).format(now=_NOW_PG)
+# A claim on PostgreSQL: lease the due instances nobody leases, and those with anything in
+# their inbox (see above); then, a statement of its own, read the inboxes of every instance
+# the worker leases (those just claimed and those it held).
+_CLAIM_PG = """
+WITH due AS (
+    SELECT p.id FROM process_instances AS p
+    WHERE p.next_wake_at <= {now}
+    AND (p.lease_expires_at IS NULL OR p.lease_expires_at < {now})
+    ORDER BY p.next_wake_at
+    LIMIT %(limit)s
+    FOR UPDATE OF p SKIP LOCKED
+),
+unread AS (
+    SELECT p.id FROM process_instances AS p
+    WHERE p.id IN (SELECT instance_id FROM process_inbox)
+    AND (p.lease_expires_at IS NULL OR p.lease_expires_at < {now})
+    LIMIT %(limit)s
+    FOR UPDATE OF p SKIP LOCKED
+)
+UPDATE process_instances AS p SET lease_owner = %(worker)s, lease_expires_at = {now} + %(lease)s
+FROM (SELECT id FROM due UNION SELECT id FROM unread LIMIT %(limit)s) AS claimed
+WHERE p.id = claimed.id
+RETURNING p.id, p.process, p.version, p.business_key, p.status, p.state, p.parent_id,
+    p.parent_step
+"""
+_CLAIM_PG = _CLAIM_PG.format(now=_NOW_PG)
+_INBOX_PG = (
+    "SELECT i.id, i.instance_id, i.kind, i.body FROM process_inbox AS i "
+    "JOIN process_instances AS p ON p.id = i.instance_id "
+    "WHERE p.lease_owner = %(worker)s ORDER BY i.id"
+)
+
+
+def _identity(i: InstanceRecord) -> tuple[Any, ...]:
+    """What a new instance's row holds for good: the first six of ``_INSTANCE_COLUMNS``."""
+    return (i.id, i.process, i.version, i.business_key, i.parent_id, i.parent_step)
+
+
+# What `_WRITE_LEASED_PG` and `_START_PG` write of every instance, and its values.
+_WRITTEN_VALUES = ("status", "state", "next_wake_at", "keep")
+
+
+def _written_values(w: InstanceWrite) -> tuple[Any, ...]:
+    return (w.instance.status, _json(w.instance.state), _float(w.next_wake_at), w.keep_lease)
+
+
+def _plain(w: InstanceWrite) -> bool:
+    """Whether a transition writes only its instance, its timeline and its inbox: no waits
+    to store or replace, no children, escalations or messages to a parent. Most are."""
+    return not (
+        w.waits
+        or (w.had_waits and not w.new)
+        or w.children
+        or w.escalations
+        or w.parent_message is not None
+    )
+
+
+def _columns(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> dict[str, Any]:
+    """``rows`` as one list per column, named: the parameters of an unnest."""
+    columns = zip(*rows, strict=True) if rows else ((),) * len(names)
+    return {name: list(column) for name, column in zip(names, columns, strict=True)}
+
+
+def _history_params(writes: list[InstanceWrite]) -> dict[str, list[Any]]:
+    """The ``h_`` parameters of `_WRITTEN_PG`: the timeline entries of ``writes``, those
+    without a time of their own left to the statement."""
+    rows = [row for w in writes for row in _history_rows(w, None)]
+    return _columns(rows, ("h_instance", "h_at", "h_step", "h_what", "h_detail"))
+
+
 def _concerns_others(w: InstanceWrite) -> bool:
     """Whether a transition may give a worker something to do that it would not find by
     itself: a child, a message to a parent, new waits (an event may already be there), or
@@ -247,6 +401,26 @@ def _due(at: Any) -> Select[Any]:
     )
 
 
+def _existing(conn: Connection, record: InstanceRecord) -> str:
+    """The id of the instance that holds the process and business key of ``record``."""
+    found = conn.execute(
+        select(process_instances.c.id).where(
+            process_instances.c.process == record.process,
+            process_instances.c.business_key == record.business_key,
+        )
+    ).scalar_one()
+    return str(found)
+
+
+def _inboxes(rows: Any) -> dict[str, list[InboxItem]]:
+    """Inbox rows in order, by instance."""
+    found: dict[str, list[InboxItem]] = {}
+    for r in rows:
+        item = InboxItem(r.id, r.instance_id, r.kind, orjson.loads(r.body))
+        found.setdefault(r.instance_id, []).append(item)
+    return found
+
+
 def _record(row: Any) -> InstanceRecord:
     return InstanceRecord(
         id=row.id,
@@ -265,7 +439,7 @@ class SqlProcessStore:
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store
-        self.engine = store.engine
+        self.reader = store.reader
         # The statements every transition runs, built once: SQLAlchemy then finds their
         # compiled form in its cache without building and hashing a new statement each time.
         self._insert_instances = self.store._insert_ignore(process_instances).returning(
@@ -289,13 +463,10 @@ class SqlProcessStore:
             )
             .with_for_update()
         )
-        # A claim's statements, built once. On PostgreSQL the due instances are found and
-        # locked on the database clock, which the same statement returns for their leases;
-        # on SQLite, where one process owns the file, on this process's clock.
-        at = store._clock() if pg else bindparam("now", type_=Float)
+        # A claim's statements on SQLite, built once (on PostgreSQL see `_CLAIM_PG`): where
+        # one process owns the file, on this process's clock.
         self._claim_due = (
-            _due(at)
-            .add_columns(at.label("now"))
+            _due(bindparam("now", type_=Float))
             .order_by(process_instances.c.next_wake_at)
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
@@ -330,7 +501,7 @@ class SqlProcessStore:
             )
 
     def load_definition(self, name: str, version: int) -> str | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             value = conn.execute(
                 select(process_definitions.c.spec).where(
                     process_definitions.c.name == name, process_definitions.c.version == version
@@ -344,6 +515,16 @@ class SqlProcessStore:
         self, worker: str | None, writes: list[InstanceWrite], lease_seconds: float = 30.0
     ) -> list[WriteResult]:
         """Commit many transitions in one transaction (group commit)."""
+        if (
+            self.store.is_postgres
+            and writes
+            and all(_plain(w) for w in writes)
+            and (
+                all(w.new for w in writes)
+                or (worker is not None and not any(w.new for w in writes))
+            )
+        ):
+            return self._write_alone(worker, writes, lease_seconds)
         results: dict[int, WriteResult] = {}
         with self.store._write() as conn:
             updates = [(n, w) for n, w in enumerate(writes) if not w.new]
@@ -364,6 +545,54 @@ class SqlProcessStore:
             if self.store.is_postgres:
                 self._notify(conn, writes, results)
         return [results[n] for n in range(len(writes))]
+
+    def _write_alone(
+        self, worker: str | None, writes: list[InstanceWrite], lease: float
+    ) -> list[WriteResult]:
+        """`write` of plain transitions (see `_plain`) on PostgreSQL, either all new or all
+        of instances ``worker`` leases: one statement."""
+        params: dict[str, Any]
+        first: dict[str, InstanceWrite] = {}
+        if writes[0].new:
+            for w in writes:
+                first.setdefault(w.instance.id, w)
+            written = list(first.values())
+            rows = [(*_identity(w.instance), *_written_values(w)) for w in written]
+            statement = _START_PG
+            params = _columns(rows, (*_INSTANCE_COLUMNS[:6], *_WRITTEN_VALUES))
+        else:
+            written = writes
+            rows = [(w.instance.id, *_written_values(w)) for w in writes]
+            statement = _WRITE_LEASED_PG
+            params = _columns(rows, ("id", *_WRITTEN_VALUES))
+            params["consumed"] = [item for w in writes for item in w.consumed]
+        params |= _history_params(written) | self._notices(writes)
+        params.update(worker=worker, lease=lease)
+        done = {row.id for row in self.store._write_alone(statement, params)}
+        results: list[WriteResult] = []
+        for w in writes:
+            i = w.instance
+            if not w.new:
+                results.append(WriteResult("ok" if i.id in done else "lost", i.id))
+            elif i.id in done and first[i.id] is w:
+                results.append(WriteResult("ok", i.id))
+            else:
+                with self.reader.connect() as conn:
+                    results.append(WriteResult("exists", _existing(conn, i)))
+        return results
+
+    @staticmethod
+    def _notices(writes: list[InstanceWrite]) -> dict[str, list[str]]:
+        """The notices of `_notify`, as the ``n_`` parameters of `_WRITTEN_PG`. They go out
+        when the statement writes any of ``writes``, for all of them: one that turns out
+        lost makes a worker or a waiting request look once for nothing, which costs less
+        than working out which were written first."""
+        sent: list[tuple[str, str]] = []
+        if any(_concerns_others(w) for w in writes):
+            sent.append((PROCESSES_CHANNEL, ""))
+        ended = [w.instance.id for w in writes if w.instance.status in ENDED_STATUSES]
+        sent += [(ENDED_CHANNEL, payload) for payload in notices(ended)]
+        return _columns(sent, ("n_channel", "n_payload"))
 
     def _notify(
         self, conn: Connection, writes: list[InstanceWrite], results: dict[int, WriteResult]
@@ -438,17 +667,7 @@ class SqlProcessStore:
         for _, w in starts:
             first.setdefault(w.instance.id, w)
         rows = [
-            (
-                w.instance.id,
-                w.instance.process,
-                w.instance.version,
-                w.instance.business_key,
-                w.instance.parent_id,
-                w.instance.parent_step,
-                now,
-                *_changed(w, worker, now, lease),
-            )
-            for w in first.values()
+            (*_identity(w.instance), now, *_changed(w, worker, now, lease)) for w in first.values()
         ]
         if self.store.is_postgres:
             columns = tuple(list(column) for column in zip(*rows, strict=True))
@@ -467,13 +686,7 @@ class SqlProcessStore:
             if i.id in inserted and first[i.id] is w:
                 results[n] = WriteResult("ok", i.id)
                 continue
-            existing = conn.execute(
-                select(process_instances.c.id).where(
-                    process_instances.c.process == i.process,
-                    process_instances.c.business_key == i.business_key,
-                )
-            ).scalar_one()
-            results[n] = WriteResult("exists", str(existing))
+            results[n] = WriteResult("exists", _existing(conn, i))
         return results
 
     def _rows_of(
@@ -522,13 +735,7 @@ class SqlProcessStore:
                 },
             ).first()
             if inserted is None:
-                existing = conn.execute(
-                    select(process_instances.c.id).where(
-                        process_instances.c.process == i.process,
-                        process_instances.c.business_key == i.business_key,
-                    )
-                ).scalar_one()
-                return WriteResult("exists", str(existing))
+                return WriteResult("exists", _existing(conn, i))
         else:
             owned = process_instances.c.id == i.id
             if worker is not None:
@@ -712,31 +919,29 @@ class SqlProcessStore:
     def claim(self, worker: str, limit: int, lease_seconds: float) -> Claim:
         """Lease up to ``limit`` due instances, and read the inboxes of every instance
         ``worker`` leases, those just claimed and those it already held."""
+        if self.store.is_postgres:
+            claimed = []
+            if limit > 0:
+                params = {"limit": limit, "worker": worker, "lease": lease_seconds}
+                claimed = self.store._write_alone(_CLAIM_PG, params)
+            with self.reader.connect() as conn:
+                inbox = _inboxes(conn.exec_driver_sql(_INBOX_PG, {"worker": worker}))
+            return Claim([_record(r) for r in claimed], inbox)
         claim = Claim()
         with self.store._write() as conn:
-            due: list[Any] = []
             if limit > 0:
-                params: dict[str, Any] = {"limit": limit}
-                if not self.store.is_postgres:
-                    params["now"] = time.time()
-                due = list(conn.execute(self._claim_due, params))
-            if due:
-                now = float(due[0].now)
-                rows = conn.execute(
-                    self._claim_lease,
-                    {
-                        "ids": [str(r.id) for r in due],
-                        "owner": worker,
-                        "expires": now + lease_seconds,
-                    },
-                ).all()
-                claim.instances = [_record(r) for r in rows]
+                now = time.time()
+                params = {"limit": limit, "now": now}
+                due = [str(r.id) for r in conn.execute(self._claim_due, params)]
+                if due:
+                    rows = conn.execute(
+                        self._claim_lease,
+                        {"ids": due, "owner": worker, "expires": now + lease_seconds},
+                    ).all()
+                    claim.instances = [_record(r) for r in rows]
             # Every instance leased to the worker: those just claimed and those it holds.
             # Inboxes are mostly empty, so this reads little whatever the worker holds.
-            for r in conn.execute(self._claim_inbox, {"owner": worker}):
-                claim.inbox.setdefault(r.instance_id, []).append(
-                    InboxItem(r.id, r.instance_id, r.kind, orjson.loads(r.body))
-                )
+            claim.inbox = _inboxes(conn.execute(self._claim_inbox, {"owner": worker}))
         return claim
 
     def extend_leases(self, worker: str, ids: list[str], lease_seconds: float) -> None:
@@ -776,25 +981,25 @@ class SqlProcessStore:
         item in an inbox. Read-only, so on SQLite it does not wait for the writer."""
         due = _due(self.store._clock()).limit(1)
         waiting = select(process_inbox.c.id).limit(1)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return bool(conn.execute(select(or_(exists(due), exists(waiting)))).scalar())
 
     def next_due_at(self) -> float | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             value = conn.execute(select(func.min(process_instances.c.next_wake_at))).scalar()
         return float(value) if value is not None else None
 
     # reading
 
     def get(self, instance: str) -> InstanceRecord | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(process_instances).where(process_instances.c.id == instance)
             ).first()
         return _record(row) if row is not None else None
 
     def find(self, process: str, business_key: str) -> InstanceRecord | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(process_instances).where(
                     process_instances.c.process == process,
@@ -825,7 +1030,7 @@ class SqlProcessStore:
             query = query.where(process_instances.c.created_at >= since)
         if until is not None:
             query = query.where(process_instances.c.created_at < until)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [row_dict(r._mapping) for r in conn.execute(query)]
 
     def counts(self, process: str | None = None) -> dict[str, int]:
@@ -834,11 +1039,11 @@ class SqlProcessStore:
         )
         if process is not None:
             query = query.where(process_instances.c.process == process)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return {str(status): int(n) for status, n in conn.execute(query)}
 
     def history(self, instance: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(process_history)
                 .where(process_history.c.instance_id == instance)
@@ -857,7 +1062,7 @@ class SqlProcessStore:
         query = select(escalations).order_by(escalations.c.id.desc()).limit(limit)
         if team is not None:
             query = query.where(escalations.c.team == team)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [row_dict(r._mapping) for r in conn.execute(query)]
 
     def waits_for(
@@ -866,7 +1071,7 @@ class SqlProcessStore:
         """(instance, step) of the waits an event with these correlation values satisfies."""
         if not values:
             return []
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(process_waits.c.instance_id, process_waits.c.step).where(
                     process_waits.c.system == system,

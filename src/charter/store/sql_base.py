@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -82,6 +82,20 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
+def _refused(cause: BaseException | None) -> StoreError:
+    return StoreError(
+        f"the database refused a write: {cause}",
+        fix="check that the database is up and migrated ('charter db upgrade')",
+    )
+
+
+def _broken(cause: BaseException | None) -> StoreError:
+    return StoreError(
+        f"the write breaks a constraint of the store: {cause}",
+        fix="this is a bug in the caller; report it with the request that caused it",
+    )
+
+
 class AppendExtension(Protocol):
     """Work done inside the transaction that appends events."""
 
@@ -104,6 +118,12 @@ class SqlBase:
         self.is_postgres = engine.dialect.name == "postgresql"
         # SQLite has one writer; queueing writers in-process avoids busy-wait storms.
         self._write_lock = threading.Lock() if not self.is_postgres else None
+        # Reads on PostgreSQL run in autocommit: a read is then one round trip, not a BEGIN,
+        # the read and a ROLLBACK. (Under READ COMMITTED every statement reads its own
+        # snapshot anyway, in a transaction or not.)
+        self.reader = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else engine
+        )
         # Work that must commit with appended events (process triggers and waits).
         self.append_extensions: list[AppendExtension] = []
 
@@ -117,15 +137,20 @@ class SqlBase:
                 with self._write_lock, self.engine.begin() as conn:
                     yield conn
         except OperationalError as exc:
-            raise StoreError(
-                f"the database refused a write: {exc.orig}",
-                fix="check that the database is up and migrated ('charter db upgrade')",
-            ) from exc
+            raise _refused(exc.orig) from exc
         except IntegrityError as exc:
-            raise StoreError(
-                f"the write breaks a constraint of the store: {exc.orig}",
-                fix="this is a bug in the caller; report it with the request that caused it",
-            ) from exc
+            raise _broken(exc.orig) from exc
+
+    def _write_alone(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
+        """A write that is one statement (PostgreSQL), run in autocommit: it is then its own
+        transaction, one round trip with no BEGIN or COMMIT of its own. Its rows."""
+        try:
+            with self.reader.connect() as conn:
+                return list(conn.exec_driver_sql(statement, params))
+        except OperationalError as exc:
+            raise _refused(exc.orig) from exc
+        except IntegrityError as exc:
+            raise _broken(exc.orig) from exc
 
     def _now(self, conn: Connection) -> float:
         if self.is_postgres:
