@@ -569,16 +569,22 @@ class SqlProcessStore:
         params |= _history_params(written) | self._notices(writes)
         params.update(worker=worker, lease=lease)
         done = {row.id for row in self.store._write_alone(statement, params)}
-        results: list[WriteResult] = []
-        for w in writes:
-            i = w.instance
-            if not w.new:
-                results.append(WriteResult("ok" if i.id in done else "lost", i.id))
-            elif i.id in done and first[i.id] is w:
-                results.append(WriteResult("ok", i.id))
-            else:
-                with self.reader.connect() as conn:
-                    results.append(WriteResult("exists", _existing(conn, i)))
+        if not writes[0].new:
+            return [
+                WriteResult("ok" if w.instance.id in done else "lost", w.instance.id)
+                for w in writes
+            ]
+        # A start whose process and business key were taken, before or earlier in the group.
+        results = [WriteResult("ok", w.instance.id) for w in writes]
+        taken = [
+            n
+            for n, w in enumerate(writes)
+            if first[w.instance.id] is not w or w.instance.id not in done
+        ]
+        if taken:
+            with self.reader.connect() as conn:
+                for n in taken:
+                    results[n] = WriteResult("exists", _existing(conn, writes[n].instance))
         return results
 
     @staticmethod
