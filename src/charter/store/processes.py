@@ -154,18 +154,11 @@ def _float(value: float | None) -> float | None:
 
 
 def _history_rows(w: InstanceWrite, now: float | None) -> list[tuple[Any, ...]]:
-    """Parameters of ``_INSERT_HISTORY`` for the timeline entries of ``w``."""
-    ident = w.instance.id
-    return [
-        (
-            ident,
-            _float(h.get("at", now)),
-            h.get("step"),
-            h["what"],
-            _json({k: v for k, v in h.items() if k not in ("at", "step", "what")}),
-        )
-        for h in w.history
-    ]
+    """Parameters of ``_INSERT_HISTORY`` for the timeline entries of ``w``: one row for the
+    whole transition (none when it has no entries), at the time of its first entry."""
+    if not w.history:
+        return []
+    return [(w.instance.id, _float(w.history[0].get("at", now)), _json(w.history))]
 
 
 # The two statements of every transition, as the driver takes them. SQLite runs them as
@@ -194,8 +187,12 @@ _UPDATE_LEASED_PG = (
     "AS v(status, state, next_wake_at, lease_owner, lease_expires_at, updated_at, id) "
     "WHERE p.id = v.id"
 )
+# A transition's timeline entries are one row (``what`` = ``TRANSITION``), the entries a JSON
+# array: a transition adds three or four entries, and a row each cost more than the rest of
+# the write. Rows written before migration 0011 hold one entry each, in their columns.
+TRANSITION = "transition"
 _INSERT_HISTORY = (
-    "INSERT INTO process_history (instance_id, at, step, what, detail) VALUES (?, ?, ?, ?, ?)"
+    f"INSERT INTO process_history (instance_id, at, what, entries) VALUES (?, ?, '{TRANSITION}', ?)"
 )
 # New instances, as a group of starts inserts them.
 _INSTANCE_COLUMNS = (
@@ -217,10 +214,10 @@ _INSERT_INSTANCES_PG = (
 )
 # A timeline is read in the order of its ids: the rows go in in the order given.
 _INSERT_HISTORY_PG = (
-    "INSERT INTO process_history (instance_id, at, step, what, detail) "
-    "SELECT instance_id, at, step, what, detail FROM unnest(%b::varchar[], %b::float8[], "
-    "%b::varchar[], %b::varchar[], %b::text[]) WITH ORDINALITY "
-    "AS h(instance_id, at, step, what, detail, n) ORDER BY n"
+    "INSERT INTO process_history (instance_id, at, what, entries) "
+    f"SELECT instance_id, at, '{TRANSITION}', entries "
+    "FROM unnest(%b::varchar[], %b::float8[], %b::text[]) WITH ORDINALITY "
+    "AS h(instance_id, at, entries, n) ORDER BY n"
 )
 
 
@@ -288,11 +285,10 @@ WITH u AS (
 # anything was written (see `_notices`). The ids written are the statement's rows.
 _WRITTEN_PG = """
 history AS (
-    INSERT INTO process_history (instance_id, at, step, what, detail)
-    SELECT h.instance_id, coalesce(h.at, {now}), h.step, h.what, h.detail
-    FROM unnest(%(h_instance)b::varchar[], %(h_at)b::float8[], %(h_step)b::varchar[],
-        %(h_what)b::varchar[], %(h_detail)b::text[])
-    WITH ORDINALITY AS h(instance_id, at, step, what, detail, n)
+    INSERT INTO process_history (instance_id, at, what, entries)
+    SELECT h.instance_id, coalesce(h.at, {now}), '{transition}', h.entries
+    FROM unnest(%(h_instance)b::varchar[], %(h_at)b::float8[], %(h_entries)b::text[])
+    WITH ORDINALITY AS h(instance_id, at, entries, n)
     WHERE h.instance_id IN (SELECT id FROM u)
     ORDER BY h.n
 ),
@@ -305,8 +301,8 @@ SELECT id FROM u, (SELECT count(*) FROM notice) AS sent
 """
 # The database clock, as every statement here reads it: the time the statement began.
 _NOW_PG = "extract(epoch FROM statement_timestamp())::float8"
-_WRITE_LEASED_PG = (_WRITE_LEASED_PG + _WRITTEN_PG).format(now=_NOW_PG)
-_START_PG = (_START_PG + _WRITTEN_PG).format(now=_NOW_PG)
+_WRITE_LEASED_PG = (_WRITE_LEASED_PG + _WRITTEN_PG).format(now=_NOW_PG, transition=TRANSITION)
+_START_PG = (_START_PG + _WRITTEN_PG).format(now=_NOW_PG, transition=TRANSITION)
 # A claim on PostgreSQL: lease the due instances nobody leases, and those with anything in
 # their inbox (see above); then, a statement of its own, read the inboxes of every instance
 # the worker leases (those just claimed and those it held).
@@ -375,7 +371,7 @@ def _history_params(writes: list[InstanceWrite]) -> dict[str, list[Any]]:
     """The ``h_`` parameters of `_WRITTEN_PG`: the timeline entries of ``writes``, those
     without a time of their own left to the statement."""
     rows = [row for w in writes for row in _history_rows(w, None)]
-    return _columns(rows, ("h_instance", "h_at", "h_step", "h_what", "h_detail"))
+    return _columns(rows, ("h_instance", "h_at", "h_entries"))
 
 
 def _concerns_others(w: InstanceWrite) -> bool:
@@ -1055,8 +1051,11 @@ class SqlProcessStore:
                 .where(process_history.c.instance_id == instance)
                 .order_by(process_history.c.id)
             )
-            found = []
+            found: list[dict[str, Any]] = []
             for r in rows:
+                if r.entries is not None:
+                    found.extend(orjson.loads(r.entries))
+                    continue
                 entry = {"at": r.at, "what": r.what}
                 if r.step is not None:
                     entry["step"] = r.step

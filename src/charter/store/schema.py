@@ -135,6 +135,9 @@ process_history = Table(
     Column("step", String(64)),
     Column("what", String(64), nullable=False),
     Column("detail", Text),
+    # Every entry of one transition, a JSON array (see migration 0011); NULL for a row of
+    # one entry, held in the columns above.
+    Column("entries", Text),
 )
 
 process_waits = Table(
