@@ -15,34 +15,12 @@ from charter.engine.persist import Planner
 from charter.runtime import Hub
 from charter.store.schema import process_inbox
 
-TWO_SIGNALS = """\
-kind: Process
-name: two-signals
-version: 1
-owner: integration-platform
-tier: informational
-slo: {objective: 99.0, latency: 1m}
-steps:
-  - id: first
-    wait: {signal: one}
-  - id: second
-    wait: {signal: two}
-"""
-
-
-@pytest.fixture
-def project(project_dir: Path) -> Path:
-    processes = project_dir / "processes"
-    processes.mkdir(exist_ok=True)
-    (processes / "two-signals.yaml").write_text(TWO_SIGNALS)
-    return project_dir
-
 
 @pytest.mark.parametrize("group", [True, False], ids=["group-write", "single-write"])
 def test_an_item_that_arrives_while_the_instance_is_held_keeps_it_due(
-    group: bool, project: Path, db_url: str
+    group: bool, two_signals: Path, db_url: str
 ) -> None:
-    hub = Hub.open(project, database=db_url)
+    hub = Hub.open(two_signals, database=db_url)
     store = hub.processes.store
     try:
         ident, _ = hub.processes.start("two-signals", "S-1", {})
@@ -74,12 +52,12 @@ def test_an_item_that_arrives_while_the_instance_is_held_keeps_it_due(
 
 
 def test_on_postgresql_a_claim_takes_an_unleased_instance_with_an_unread_item(
-    project: Path, pg_url: str
+    two_signals: Path, pg_url: str
 ) -> None:
     """A worker's write on PostgreSQL reads the inbox as it was when the write began; an item
     committed just after, by a writer that took the instance's row first, can leave the
     instance with nothing due. The claim takes such an instance all the same."""
-    hub = Hub.open(project, database=pg_url)
+    hub = Hub.open(two_signals, database=pg_url)
     store = hub.processes.store
     try:
         ident, _ = hub.processes.start("two-signals", "S-2", {})

@@ -5,39 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from charter.runtime import Hub
 from charter.store.schema import process_history
 
-TWO_SIGNALS = """\
-kind: Process
-name: two-signals
-version: 1
-owner: integration-platform
-tier: informational
-slo: {objective: 99.0, latency: 1m}
-steps:
-  - id: first
-    wait: {signal: one}
-  - id: second
-    wait: {signal: two}
-"""
-
-
-@pytest.fixture
-def project(project_dir: Path) -> Path:
-    processes = project_dir / "processes"
-    processes.mkdir(exist_ok=True)
-    (processes / "two-signals.yaml").write_text(TWO_SIGNALS)
-    return project_dir
-
 
 def test_a_transition_is_one_row_and_older_single_entry_rows_still_read(
-    project: Path, db_url: str
+    two_signals: Path, db_url: str
 ) -> None:
-    hub = Hub.open(project, database=db_url)
+    hub = Hub.open(two_signals, database=db_url)
     try:
         ident, _ = hub.processes.start("two-signals", "T-1", {})
         timeline = hub.processes.store.history(ident)
