@@ -82,18 +82,21 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
-def _refused(cause: BaseException | None) -> StoreError:
-    return StoreError(
-        f"the database refused a write: {cause}",
-        fix="check that the database is up and migrated ('charter db upgrade')",
-    )
-
-
-def _broken(cause: BaseException | None) -> StoreError:
-    return StoreError(
-        f"the write breaks a constraint of the store: {cause}",
-        fix="this is a bug in the caller; report it with the request that caused it",
-    )
+@contextmanager
+def _write_errors() -> Iterator[None]:
+    """The driver's errors of a write as :class:`StoreError`, with the fix."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise StoreError(
+            f"the database refused a write: {exc.orig}",
+            fix="check that the database is up and migrated ('charter db upgrade')",
+        ) from exc
+    except IntegrityError as exc:
+        raise StoreError(
+            f"the write breaks a constraint of the store: {exc.orig}",
+            fix="this is a bug in the caller; report it with the request that caused it",
+        ) from exc
 
 
 class AppendExtension(Protocol):
@@ -129,28 +132,19 @@ class SqlBase:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        try:
+        with _write_errors():
             if self._write_lock is None:
                 with self.engine.begin() as conn:
                     yield conn
             else:
                 with self._write_lock, self.engine.begin() as conn:
                     yield conn
-        except OperationalError as exc:
-            raise _refused(exc.orig) from exc
-        except IntegrityError as exc:
-            raise _broken(exc.orig) from exc
 
     def _write_alone(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
         """A write that is one statement (PostgreSQL), run in autocommit: it is then its own
         transaction, one round trip with no BEGIN or COMMIT of its own. Its rows."""
-        try:
-            with self.reader.connect() as conn:
-                return list(conn.exec_driver_sql(statement, params))
-        except OperationalError as exc:
-            raise _refused(exc.orig) from exc
-        except IntegrityError as exc:
-            raise _broken(exc.orig) from exc
+        with _write_errors(), self.reader.connect() as conn:
+            return list(conn.exec_driver_sql(statement, params))
 
     def _now(self, conn: Connection) -> float:
         if self.is_postgres:
