@@ -187,12 +187,18 @@ _UPDATE_LEASED_PG = (
     "AS v(status, state, next_wake_at, lease_owner, lease_expires_at, updated_at, id) "
     "WHERE p.id = v.id"
 )
-# A transition's timeline entries are one row (``what`` = ``TRANSITION``), the entries a JSON
+# A transition's timeline entries are one row (``what`` = ``_TRANSITION``), the entries a JSON
 # array: a transition adds three or four entries, and a row each cost more than the rest of
 # the write. Rows written before migration 0011 hold one entry each, in their columns.
-TRANSITION = "transition"
+_TRANSITION = "transition"
+# The instances of a group write that its worker still leases (SQLite's lease check).
+_OWNED_SQLITE = (
+    "SELECT id FROM process_instances WHERE id IN (SELECT value FROM json_each(?)) "
+    "AND lease_owner = ?"
+)
 _INSERT_HISTORY = (
-    f"INSERT INTO process_history (instance_id, at, what, entries) VALUES (?, ?, '{TRANSITION}', ?)"
+    "INSERT INTO process_history (instance_id, at, what, entries) "
+    f"VALUES (?, ?, '{_TRANSITION}', ?)"
 )
 # New instances, as a group of starts inserts them.
 _INSTANCE_COLUMNS = (
@@ -215,7 +221,7 @@ _INSERT_INSTANCES_PG = (
 # A timeline is read in the order of its ids: the rows go in in the order given.
 _INSERT_HISTORY_PG = (
     "INSERT INTO process_history (instance_id, at, what, entries) "
-    f"SELECT instance_id, at, '{TRANSITION}', entries "
+    f"SELECT instance_id, at, '{_TRANSITION}', entries "
     "FROM unnest(%b::varchar[], %b::float8[], %b::text[]) WITH ORDINALITY "
     "AS h(instance_id, at, entries, n) ORDER BY n"
 )
@@ -301,8 +307,8 @@ SELECT id FROM u, (SELECT count(*) FROM notice) AS sent
 """
 # The database clock, as every statement here reads it: the time the statement began.
 _NOW_PG = "extract(epoch FROM statement_timestamp())::float8"
-_WRITE_LEASED_PG = (_WRITE_LEASED_PG + _WRITTEN_PG).format(now=_NOW_PG, transition=TRANSITION)
-_START_PG = (_START_PG + _WRITTEN_PG).format(now=_NOW_PG, transition=TRANSITION)
+_WRITE_LEASED_PG = (_WRITE_LEASED_PG + _WRITTEN_PG).format(now=_NOW_PG, transition=_TRANSITION)
+_START_PG = (_START_PG + _WRITTEN_PG).format(now=_NOW_PG, transition=_TRANSITION)
 # A claim on PostgreSQL: lease the due instances nobody leases, and those with anything in
 # their inbox (see above); then, a statement of its own, read the inboxes of every instance
 # the worker leases (those just claimed and those it held).
@@ -616,6 +622,11 @@ class SqlProcessStore:
         leases none of them, or on SQLite)."""
         owned: set[str] = set()
         now: float | None = None
+        if not self.store.is_postgres:
+            # One parameter, the ids as a JSON array, for a statement the driver runs as it
+            # is: SQLAlchemy's expanding IN cost more than the query.
+            found = conn.exec_driver_sql(_OWNED_SQLITE, (_json(ids), worker))
+            return {str(ident) for (ident,) in found}, None
         for chunk in range(0, len(ids), 500):
             for row in conn.execute(
                 self._select_owned, {"ids": ids[chunk : chunk + 500], "owner": worker}
