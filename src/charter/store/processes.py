@@ -516,7 +516,9 @@ class SqlProcessStore:
     def write(
         self, worker: str | None, writes: list[InstanceWrite], lease_seconds: float = 30.0
     ) -> list[WriteResult]:
-        """Commit many transitions in one transaction (group commit)."""
+        """Commit many transitions in one transaction (group commit): on PostgreSQL, a group
+        of plain transitions, all starts or all of instances ``worker`` leases, in a single
+        statement (`_write_alone`); any other group in a transaction of several."""
         if (
             self.store.is_postgres
             and writes
