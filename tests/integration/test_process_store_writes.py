@@ -63,3 +63,22 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing(store: SqlStore) -> 
     assert done.outcome == "ok"
     assert (processes.get(held.id) or held).state["by"] == "worker-2"
     assert [e["what"] for e in processes.history(held.id)] == ["worker-2"]
+
+
+@pytest.mark.parametrize("limit", [10, 0], ids=["claiming", "at-capacity"])
+def test_a_claim_reads_the_inbox_of_what_its_worker_already_holds(
+    store: SqlStore, limit: int
+) -> None:
+    processes = SqlProcessStore(store)
+    processes.write(None, [start("H-1"), start("H-2")])
+    held = processes.claim("worker-1", 1, 30.0).instances
+    assert len(held) == 1
+    processes.enqueue(held[0].id, "signal", {"name": "go"})
+
+    again = processes.claim("worker-1", limit, 30.0)
+    # The other instance is claimed when there is room; the held one is not claimed again,
+    # but what arrived for it is read.
+    other = sorted({"id-H-1", "id-H-2"} - {held[0].id})
+    assert [r.id for r in again.instances] == ([] if limit == 0 else other)
+    assert [(i.kind, i.body) for i in again.inbox[held[0].id]] == [("signal", {"name": "go"})]
+    assert list(again.inbox) == [held[0].id]

@@ -310,8 +310,9 @@ _NOW_PG = "extract(epoch FROM statement_timestamp())::float8"
 _WRITE_LEASED_PG = (_WRITE_LEASED_PG + _WRITTEN_PG).format(now=_NOW_PG, transition=_TRANSITION)
 _START_PG = (_START_PG + _WRITTEN_PG).format(now=_NOW_PG, transition=_TRANSITION)
 # A claim on PostgreSQL: lease the due instances nobody leases, and those with anything in
-# their inbox (see above); then, a statement of its own, read the inboxes of every instance
-# the worker leases (those just claimed and those it held).
+# their inbox (see above), and read the inboxes of every instance the worker leases (those
+# just claimed and those it held), in one statement: the instances leased come first, then
+# the inbox items in order, told apart by ``item`` (NULL for an instance).
 _CLAIM_PG = """
 WITH due AS (
     SELECT p.id FROM process_instances AS p
@@ -327,14 +328,27 @@ unread AS (
     AND (p.lease_expires_at IS NULL OR p.lease_expires_at < {now})
     LIMIT %(limit)s
     FOR UPDATE OF p SKIP LOCKED
+),
+claimed AS (
+    UPDATE process_instances AS p
+    SET lease_owner = %(worker)s, lease_expires_at = {now} + %(lease)s
+    FROM (SELECT id FROM due UNION SELECT id FROM unread LIMIT %(limit)s) AS c
+    WHERE p.id = c.id
+    RETURNING p.id, p.process, p.version, p.business_key, p.status, p.state, p.parent_id,
+        p.parent_step
 )
-UPDATE process_instances AS p SET lease_owner = %(worker)s, lease_expires_at = {now} + %(lease)s
-FROM (SELECT id FROM due UNION SELECT id FROM unread LIMIT %(limit)s) AS claimed
-WHERE p.id = claimed.id
-RETURNING p.id, p.process, p.version, p.business_key, p.status, p.state, p.parent_id,
-    p.parent_step
+SELECT id, process, version, business_key, status, state, parent_id, parent_step,
+    NULL::int8 AS item, NULL::varchar AS kind, NULL::text AS body
+FROM claimed
+UNION ALL
+SELECT i.instance_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, i.id, i.kind, i.body
+FROM process_inbox AS i
+WHERE i.instance_id IN (SELECT id FROM claimed)
+OR i.instance_id IN (SELECT id FROM process_instances WHERE lease_owner = %(worker)s)
+ORDER BY item NULLS FIRST
 """
 _CLAIM_PG = _CLAIM_PG.format(now=_NOW_PG)
+# The inboxes alone, for a worker that can hold no more instances.
 _INBOX_PG = (
     "SELECT i.id, i.instance_id, i.kind, i.body FROM process_inbox AS i "
     "JOIN process_instances AS p ON p.id = i.instance_id "
@@ -935,13 +949,18 @@ class SqlProcessStore:
         """Lease up to ``limit`` due instances, and read the inboxes of every instance
         ``worker`` leases, those just claimed and those it already held."""
         if self.store.is_postgres:
-            claimed = []
-            if limit > 0:
-                params = {"limit": limit, "worker": worker, "lease": lease_seconds}
-                claimed = self.store._write_alone(_CLAIM_PG, params)
-            with self.reader.connect() as conn:
-                inbox = _inboxes(conn.exec_driver_sql(_INBOX_PG, {"worker": worker}))
-            return Claim([_record(r) for r in claimed], inbox)
+            if limit <= 0:  # only the inboxes of what it holds
+                with self.reader.connect() as conn:
+                    return Claim([], _inboxes(conn.exec_driver_sql(_INBOX_PG, {"worker": worker})))
+            params = {"limit": limit, "worker": worker, "lease": lease_seconds}
+            claim = Claim()
+            for r in self.store._write_alone(_CLAIM_PG, params):
+                if r.item is None:
+                    claim.instances.append(_record(r))
+                    continue
+                item = InboxItem(r.item, r.id, r.kind, orjson.loads(r.body))
+                claim.inbox.setdefault(r.id, []).append(item)
+            return claim
         claim = Claim()
         with self.store._write() as conn:
             if limit > 0:
