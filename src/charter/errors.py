@@ -163,6 +163,14 @@ class StoreError(CharterError):
     status = 503
 
 
+class WriteRolledBack(StoreError):
+    """PostgreSQL rolled a write back so that another could go on (a deadlock, or a
+    serialization failure). Nothing of it is left; run again, it goes through."""
+
+    type_ = "write-rolled-back"
+    title = "The database rolled back a write in favour of another"
+
+
 class SchemaOutOfDate(StoreError):
     type_ = "schema-out-of-date"
     title = "The database schema is out of date"

@@ -1,16 +1,25 @@
-"""Group writes of process instances, on both write paths (SQLite's transaction,
-PostgreSQL's single statement): a worker whose lease another worker took over writes
-nothing, and a write the database refuses fails with the store's error, naming the cause
-and the fix, and leaves nothing of the group behind."""
+"""Group writes of process instances, on both databases and both kinds of transition (one
+that writes only its instance, one that also registers a wait): a worker whose lease another
+worker took over writes nothing, a write the database refuses fails with the store's error,
+naming the cause and the fix, and leaves nothing of the group behind, and a write caught in a
+deadlock is run again. A claim reads the inboxes of what its worker holds and leaves out what
+it is writing."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from charter.errors import StoreError
-from charter.store.processes import InstanceRecord, InstanceWrite, SqlProcessStore
+from charter.store.processes import (
+    InstanceRecord,
+    InstanceWrite,
+    SqlProcessStore,
+    WaitRow,
+    WriteResult,
+)
 from charter.store.sql import SqlStore
 
 
@@ -38,14 +47,26 @@ def test_a_refused_group_write_raises_the_stores_error_and_writes_none_of_it(
     assert processes.get("id-A-1") is None
 
 
-def step(record: InstanceRecord, by: str) -> InstanceWrite:
-    """A transition of ``record`` made by the worker ``by``, leaving it with nothing due."""
+WAIT = WaitRow(step="ship", system="warehouse", type="shipped", field="order", value="O-1")
+
+
+def step(record: InstanceRecord, by: str, wait: bool) -> InstanceWrite:
+    """A transition of ``record`` made by the worker ``by``, leaving it with nothing due;
+    with ``wait``, one that registers a wait for a shipment."""
     state = {**record.state, "by": by}
     moved = InstanceRecord(**{**vars(record), "state": state})
-    return InstanceWrite(moved, had_waits=False, history=[{"at": time.time(), "what": by}])
+    waits = [WAIT] if wait else []
+    return InstanceWrite(
+        moved,
+        had_waits=False,
+        history=[{"at": time.time(), "what": by}],
+        waits=waits,
+        new_waits=waits,
+    )
 
 
-def test_a_worker_whose_lease_was_taken_over_writes_nothing(store: SqlStore) -> None:
+@pytest.mark.parametrize("wait", [False, True], ids=["plain", "with-a-wait"])
+def test_a_worker_whose_lease_was_taken_over_writes_nothing(store: SqlStore, wait: bool) -> None:
     processes = SqlProcessStore(store)
     [created] = processes.write(None, [start("L-1")])
     assert created.outcome == "ok"
@@ -54,15 +75,18 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing(store: SqlStore) -> 
     [taken] = processes.claim("worker-2", 10, 30.0).instances
     assert taken.id == held.id
 
-    [late] = processes.write("worker-1", [step(held, "worker-1")])
+    shipments = ("warehouse", "shipped", "order", ["O-1"])
+    [late] = processes.write("worker-1", [step(held, "worker-1", wait)])
     assert late.outcome == "lost"
     assert "by" not in (processes.get(held.id) or held).state
     assert [e["what"] for e in processes.history(held.id)] == []
+    assert processes.waits_for(*shipments) == []
 
-    [done] = processes.write("worker-2", [step(taken, "worker-2")])
+    [done] = processes.write("worker-2", [step(taken, "worker-2", wait)])
     assert done.outcome == "ok"
     assert (processes.get(held.id) or held).state["by"] == "worker-2"
     assert [e["what"] for e in processes.history(held.id)] == ["worker-2"]
+    assert processes.waits_for(*shipments) == ([(held.id, "ship")] if wait else [])
 
 
 @pytest.mark.parametrize("limit", [10, 0], ids=["claiming", "at-capacity"])
@@ -82,3 +106,68 @@ def test_a_claim_reads_the_inbox_of_what_its_worker_already_holds(
     assert [r.id for r in again.instances] == ([] if limit == 0 else other)
     assert [(i.kind, i.body) for i in again.inbox[held[0].id]] == [("signal", {"name": "go"})]
     assert list(again.inbox) == [held[0].id]
+
+
+@pytest.mark.parametrize("wait", [False, True], ids=["plain", "with-a-wait"])
+def test_a_group_write_caught_in_a_deadlock_is_run_again(pg_url: str, wait: bool) -> None:
+    """Another transaction locks the group's second instance, the write locks the first and
+    waits for the second, then the other asks for the first: PostgreSQL rolls the write back
+    (its deadlock check comes first) and the write, run again, goes through."""
+    store = SqlStore.from_url(pg_url)
+    try:
+        processes = SqlProcessStore(store)
+        processes.write(None, [start("D-1"), start("D-2")])
+        held = sorted(processes.claim("worker-1", 10, 60.0).instances, key=lambda r: r.id)
+        assert [r.id for r in held] == ["id-D-1", "id-D-2"]
+        outcome: list[list[WriteResult] | BaseException] = []
+
+        def write() -> None:
+            try:
+                outcome.append(
+                    processes.write("worker-1", [step(r, "worker-1", wait) for r in held])
+                )
+            except BaseException as exc:  # handed to the test's thread, which re-raises it
+                outcome.append(exc)
+
+        with store.engine.connect() as other:
+            other.exec_driver_sql("SET LOCAL deadlock_timeout = '20s'")
+            other.exec_driver_sql("SELECT 1 FROM process_instances WHERE id = 'id-D-2' FOR UPDATE")
+            writer = threading.Thread(target=write)
+            writer.start()
+            deadline = time.monotonic() + 10
+            while not _waiting_for_a_lock(store) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            other.exec_driver_sql(
+                "UPDATE process_instances SET updated_at = updated_at WHERE id = 'id-D-1'"
+            )
+            other.commit()
+            writer.join(timeout=30)
+        [result] = outcome
+        if isinstance(result, BaseException):
+            raise result
+        assert [r.outcome for r in result] == ["ok", "ok"]
+        assert all(processes.get(r.id).state["by"] == "worker-1" for r in held)  # type: ignore[union-attr]
+        assert [e["what"] for e in processes.history("id-D-1")] == ["worker-1"]
+    finally:
+        store.close()
+
+
+def _waiting_for_a_lock(store: SqlStore) -> bool:
+    with store.engine.connect() as conn:
+        waiting = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).scalar_one()
+    return bool(waiting)
+
+
+def test_a_claim_leaves_out_what_its_worker_is_writing(store: SqlStore) -> None:
+    """A worker whose leases ran out while it wrote one of its instances claims the others
+    again, but not that one: the claim would read it as it was before the write."""
+    processes = SqlProcessStore(store)
+    processes.write(None, [start("B-1"), start("B-2")])
+    assert len(processes.claim("worker-1", 10, 0.05).instances) == 2
+    time.sleep(0.2)  # both leases run out
+    again = processes.claim("worker-1", 10, 30.0, busy=["id-B-1"])
+    assert [r.id for r in again.instances] == ["id-B-2"]
+    assert [r.id for r in processes.claim("worker-2", 10, 30.0).instances] == ["id-B-1"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ from charter.store.schema import (
     process_waits,
 )
 from charter.store.sql import SqlStore
-from charter.store.sql_base import row_dict
+from charter.store.sql_base import retried, row_dict
 
 PROCESSES_CHANNEL = "charter_processes"
 # Ids of instances that have just ended, for requests waiting on them in other processes.
@@ -161,11 +162,8 @@ def _history_rows(w: InstanceWrite, now: float | None) -> list[tuple[Any, ...]]:
     return [(w.instance.id, _float(w.history[0].get("at", now)), _json(w.history))]
 
 
-# The two statements of every transition, as the driver takes them. SQLite runs them as
-# an executemany of plain tuples, in process. PostgreSQL gets one statement over arrays, a
-# column each (unnest): a group of N instances is one statement to send, plan and run,
-# where an executemany is N, each with its own round of the driver's work per row. The
-# arrays go in binary (%b): as text, quoting every JSON state cost more than the rest.
+# SQLite's two statements of every transition, run as an executemany of plain tuples, in
+# process (PostgreSQL's are `_WRITE_LEASED_PG` and `_START_PG`, below).
 #
 # An instance whose inbox still holds an item after the transition (one that arrived after
 # its worker read the inbox) is due at once, whatever the transition says, so that the
@@ -175,17 +173,6 @@ _UPDATE_LEASED = (
     "EXISTS (SELECT 1 FROM process_inbox i WHERE i.instance_id = ?7) "
     "THEN min(coalesce(?3, ?6), ?6) ELSE ?3 END, "
     "lease_owner = ?4, lease_expires_at = ?5, updated_at = ?6 WHERE id = ?7"
-)
-_UPDATE_LEASED_PG = (
-    "UPDATE process_instances AS p SET status = v.status, state = v.state, "
-    "next_wake_at = CASE WHEN EXISTS (SELECT 1 FROM process_inbox i WHERE i.instance_id = p.id) "
-    "THEN least(v.next_wake_at, v.updated_at) ELSE v.next_wake_at END, "
-    "lease_owner = v.lease_owner, "
-    "lease_expires_at = v.lease_expires_at, updated_at = v.updated_at "
-    "FROM unnest(%b::varchar[], %b::text[], %b::float8[], %b::varchar[], %b::float8[], "
-    "%b::float8[], %b::varchar[]) "
-    "AS v(status, state, next_wake_at, lease_owner, lease_expires_at, updated_at, id) "
-    "WHERE p.id = v.id"
 )
 # A transition's timeline entries are one row (``what`` = ``_TRANSITION``), the entries a JSON
 # array: a transition adds three or four entries, and a row each cost more than the rest of
@@ -211,14 +198,9 @@ _INSTANCE_COLUMNS = (
     "created_at",
     *_CHANGED_COLUMNS,
 )
-_INSERT_INSTANCES_PG = (
-    f"INSERT INTO process_instances ({', '.join(_INSTANCE_COLUMNS)}) "
-    "SELECT * FROM unnest(%b::varchar[], %b::varchar[], %b::int4[], %b::varchar[], "
-    "%b::varchar[], %b::varchar[], %b::float8[], %b::varchar[], %b::text[], %b::float8[], "
-    "%b::varchar[], %b::float8[], %b::float8[]) "
-    "ON CONFLICT DO NOTHING RETURNING id"
-)
-# A timeline is read in the order of its ids: the rows go in in the order given.
+# A timeline as a write outside a group (`_write_one`) inserts it on PostgreSQL: one
+# statement over arrays (unnest, binary), the rows in the order given, the order a timeline
+# is read in.
 _INSERT_HISTORY_PG = (
     "INSERT INTO process_history (instance_id, at, what, entries) "
     f"SELECT instance_id, at, '{_TRANSITION}', entries "
@@ -227,10 +209,11 @@ _INSERT_HISTORY_PG = (
 )
 
 
-# On PostgreSQL a group of plain transitions (see `_plain`) is one statement, run in
-# autocommit (`SqlBase._write_alone`): the instance rows (written only where the worker still
-# holds the lease), the consumed inbox items, the timeline and the notices, one round trip
-# and one commit for the lot. Times are the database clock's (`_NOW_PG`).
+# On PostgreSQL a worker's group of transitions is one statement (`_write_pg`): the instance
+# rows (written only where the worker still leases them), the consumed inbox items, the
+# timeline and the notices. A group of plain ones (see `_plain`) runs it in autocommit
+# (`SqlBase._write_alone`): one round trip and one commit for the lot. Times are the
+# database clock's (`_NOW_PG`).
 #
 # An instance held with calls in flight is written due at once (see `Planner.write`). When it
 # is due already, its due time is left as it is: an update that changes no indexed column
@@ -318,6 +301,7 @@ WITH due AS (
     SELECT p.id FROM process_instances AS p
     WHERE p.next_wake_at <= {now}
     AND (p.lease_expires_at IS NULL OR p.lease_expires_at < {now})
+    AND p.id <> ALL(%(busy)s::varchar[])
     ORDER BY p.next_wake_at
     LIMIT %(limit)s
     FOR UPDATE OF p SKIP LOCKED
@@ -326,6 +310,7 @@ unread AS (
     SELECT p.id FROM process_instances AS p
     WHERE p.id IN (SELECT instance_id FROM process_inbox)
     AND (p.lease_expires_at IS NULL OR p.lease_expires_at < {now})
+    AND p.id <> ALL(%(busy)s::varchar[])
     LIMIT %(limit)s
     FOR UPDATE OF p SKIP LOCKED
 ),
@@ -367,6 +352,15 @@ _WRITTEN_VALUES = ("status", "state", "next_wake_at", "keep")
 
 def _written_values(w: InstanceWrite) -> tuple[Any, ...]:
     return (w.instance.status, _json(w.instance.state), _float(w.next_wake_at), w.keep_lease)
+
+
+def _key(w: WaitRow) -> tuple[str, str, str, str]:
+    """A wait's correlation key, as `SqlProcessStore._lock` takes it."""
+    return (w.system, w.type, w.field, w.value)
+
+
+def _ident(w: InstanceWrite) -> str:
+    return w.instance.id
 
 
 def _plain(w: InstanceWrite) -> bool:
@@ -464,21 +458,9 @@ class SqlProcessStore:
         # The two statements of every transition go to the driver as they are (see
         # `_many`): through SQLAlchemy's compiled statements, its handling of each row's
         # parameters cost more CPU than the statements themselves.
-        pg = store.is_postgres
-        self._update_leased = _UPDATE_LEASED_PG if pg else _UPDATE_LEASED
-        self._insert_history = _INSERT_HISTORY_PG if pg else _INSERT_HISTORY
+        self._update_leased = _UPDATE_LEASED
+        self._insert_history = _INSERT_HISTORY_PG if store.is_postgres else _INSERT_HISTORY
         self._notify_ended = text(f"SELECT pg_notify('{ENDED_CHANNEL}', :ids)")
-        owned = [process_instances.c.id]
-        if pg:
-            owned.append(store._clock().label("now"))
-        self._select_owned = (
-            select(*owned)
-            .where(
-                process_instances.c.id.in_(bindparam("ids", expanding=True)),
-                process_instances.c.lease_owner == bindparam("owner"),
-            )
-            .with_for_update()
-        )
         # A claim's statements on SQLite, built once (on PostgreSQL see `_CLAIM_PG`): where
         # one process owns the file, on this process's clock.
         self._claim_due = (
@@ -530,28 +512,18 @@ class SqlProcessStore:
     def write(
         self, worker: str | None, writes: list[InstanceWrite], lease_seconds: float = 30.0
     ) -> list[WriteResult]:
-        """Commit many transitions in one transaction (group commit): on PostgreSQL, a group
-        of plain transitions, all starts or all of instances ``worker`` leases, in a single
-        statement (`_write_alone`); any other group in a transaction of several."""
-        if (
-            self.store.is_postgres
-            and writes
-            and all(_plain(w) for w in writes)
-            and (
-                all(w.new for w in writes)
-                or (worker is not None and not any(w.new for w in writes))
-            )
-        ):
-            return self._write_alone(worker, writes, lease_seconds)
+        """Commit many transitions in one transaction (group commit). On PostgreSQL the rows,
+        timelines and inboxes of a worker's group, or of a group of starts, are written by
+        `_write_pg`'s statements."""
+        if self.store.is_postgres and (worker is not None or all(w.new for w in writes)):
+            return retried(lambda: self._write_pg(worker, writes, lease_seconds))
         results: dict[int, WriteResult] = {}
         with self.store._write() as conn:
             updates = [(n, w) for n, w in enumerate(writes) if not w.new]
+            now = self.store._now(conn)
             owned: set[str] = set()
-            now: float | None = None
             if worker is not None and updates:
-                owned, now = self._owned(conn, worker, [w.instance.id for _, w in updates])
-            if now is None:
-                now = self.store._now(conn)
+                owned = self._owned(conn, worker, [w.instance.id for _, w in updates])
             if worker is not None and updates:
                 results.update(self._update_many(conn, worker, updates, owned, now, lease_seconds))
             starts = [(n, w) for n, w in enumerate(writes) if w.new]
@@ -564,40 +536,61 @@ class SqlProcessStore:
                 self._notify(conn, writes, results)
         return [results[n] for n in range(len(writes))]
 
-    def _write_alone(
+    def _write_pg(
         self, worker: str | None, writes: list[InstanceWrite], lease: float
     ) -> list[WriteResult]:
-        """`write` of plain transitions (see `_plain`) on PostgreSQL, either all new or all
-        of instances ``worker`` leases: one statement."""
-        params: dict[str, Any]
+        """`write` on PostgreSQL of a group of ``worker`` (or of starts only): a statement for
+        the instances it leases and one for the new ones (`_WRITE_LEASED_PG`, `_START_PG`).
+        A group of plain transitions (see `_plain`), all of one kind, is that statement alone
+        in autocommit; any other is a transaction that also stores the waits and what else
+        the written transitions commit with."""
+        # Rows in the order of their ids: two workers writing some of the same instances
+        # (one whose lease ran out and one that took them over) then lock them in the same
+        # order and do not deadlock (most of the time: the plan decides; see `retried`).
+        updates = sorted((w for w in writes if not w.new), key=_ident)
         first: dict[str, InstanceWrite] = {}
-        if writes[0].new:
-            for w in writes:
+        for w in writes:
+            if w.new:
                 first.setdefault(w.instance.id, w)
-            written = list(first.values())
-            rows = [(*_identity(w.instance), *_written_values(w)) for w in written]
-            statement = _START_PG
-            params = _columns(rows, (*_INSTANCE_COLUMNS[:6], *_WRITTEN_VALUES))
-        else:
-            written = writes
-            rows = [(w.instance.id, *_written_values(w)) for w in writes]
-            statement = _WRITE_LEASED_PG
+        new = sorted(first.values(), key=_ident)
+        statements: list[tuple[str, dict[str, Any]]] = []
+        if updates:
+            rows = [(w.instance.id, *_written_values(w)) for w in updates]
             params = _columns(rows, ("id", *_WRITTEN_VALUES))
-            params["consumed"] = [item for w in writes for item in w.consumed]
-        params |= _history_params(written) | self._notices(writes)
-        params.update(worker=worker, lease=lease)
-        done = {row.id for row in self.store._write_alone(statement, params)}
-        if not writes[0].new:
-            return [
-                WriteResult("ok" if w.instance.id in done else "lost", w.instance.id)
-                for w in writes
-            ]
+            params["consumed"] = [item for w in updates for item in w.consumed]
+            statements.append((_WRITE_LEASED_PG, params | _history_params(updates)))
+            statements[-1][1].update(self._notices(updates), worker=worker, lease=lease)
+        if new:
+            rows = [(*_identity(w.instance), *_written_values(w)) for w in new]
+            params = _columns(rows, (*_INSTANCE_COLUMNS[:6], *_WRITTEN_VALUES))
+            statements.append((_START_PG, params | _history_params(new)))
+            statements[-1][1].update(self._notices(new), worker=worker, lease=lease)
+        done: set[str] = set()
+        if len(statements) == 1 and all(_plain(w) for w in writes):
+            done = {row.id for row in self.store._write_alone(*statements[0])}
+        elif statements:
+            with self.store._write() as conn:
+                # The correlation locks of the waits first (see `_lock`), then the rows: an
+                # event arriving takes them in that order too, so the two cannot deadlock.
+                self._lock(conn, [_key(x) for w in writes for x in w.new_waits])
+                for statement, params in statements:
+                    done.update(row.id for row in conn.exec_driver_sql(statement, params))
+                written = [w for w in [*updates, *new] if w.instance.id in done]
+                if not all(_plain(w) for w in written):
+                    stale = [w.instance.id for w in written if w.had_waits and not w.new]
+                    if stale:
+                        conn.execute(
+                            delete(process_waits).where(process_waits.c.instance_id.in_(stale))
+                        )
+                    self._extras(conn, written, self.store._now(conn), lease)
+        results = [
+            WriteResult("ok" if w.instance.id in done else "lost", w.instance.id) for w in writes
+        ]
         # A start whose process and business key were taken, before or earlier in the group.
-        results = [WriteResult("ok", w.instance.id) for w in writes]
         taken = [
             n
             for n, w in enumerate(writes)
-            if first[w.instance.id] is not w or w.instance.id not in done
+            if w.new and (first[w.instance.id] is not w or w.instance.id not in done)
         ]
         if taken:
             with self.reader.connect() as conn:
@@ -630,27 +623,12 @@ class SqlProcessStore:
         for payload in notices(ended):
             conn.execute(self._notify_ended, {"ids": payload})
 
-    def _owned(
-        self, conn: Connection, worker: str, ids: list[str]
-    ) -> tuple[set[str], float | None]:
-        """Which of ``ids`` ``worker`` leases, locked until the transaction ends; on
-        PostgreSQL with the database clock, read by the same statement (None when the worker
-        leases none of them, or on SQLite)."""
-        owned: set[str] = set()
-        now: float | None = None
-        if not self.store.is_postgres:
-            # One parameter, the ids as a JSON array, for a statement the driver runs as it
-            # is: SQLAlchemy's expanding IN cost more than the query.
-            found = conn.exec_driver_sql(_OWNED_SQLITE, (_json(ids), worker))
-            return {str(ident) for (ident,) in found}, None
-        for chunk in range(0, len(ids), 500):
-            for row in conn.execute(
-                self._select_owned, {"ids": ids[chunk : chunk + 500], "owner": worker}
-            ):
-                owned.add(str(row[0]))
-                if now is None and len(row) > 1:
-                    now = float(row[1])
-        return owned, now
+    def _owned(self, conn: Connection, worker: str, ids: list[str]) -> set[str]:
+        """Which of ``ids`` ``worker`` leases (SQLite, whose single writer holds them for the
+        transaction). One parameter, the ids as a JSON array, for a statement the driver runs
+        as it is: SQLAlchemy's expanding IN cost more than the query."""
+        found = conn.exec_driver_sql(_OWNED_SQLITE, (_json(ids), worker))
+        return {str(ident) for (ident,) in found}
 
     def _update_many(
         self,
@@ -698,14 +676,10 @@ class SqlProcessStore:
         rows = [
             (*_identity(w.instance), now, *_changed(w, worker, now, lease)) for w in first.values()
         ]
-        if self.store.is_postgres:
-            columns = tuple(list(column) for column in zip(*rows, strict=True))
-            found = conn.exec_driver_sql(_INSERT_INSTANCES_PG, columns).scalars()
-        else:
-            found = conn.execute(
-                self._insert_instances,
-                [dict(zip(_INSTANCE_COLUMNS, row, strict=True)) for row in rows],
-            ).scalars()
+        found = conn.execute(
+            self._insert_instances,
+            [dict(zip(_INSTANCE_COLUMNS, row, strict=True)) for row in rows],
+        ).scalars()
         inserted = {str(x) for x in found}
         done = [w for ident, w in first.items() if ident in inserted]
         self._rows_of(conn, done, now, lease)
@@ -726,6 +700,12 @@ class SqlProcessStore:
         history = [row for w in done for row in _history_rows(w, now)]
         if history:
             self._many(conn, self._insert_history, history)
+        self._extras(conn, done, now, lease)
+
+    def _extras(
+        self, conn: Connection, done: list[InstanceWrite], now: float, lease: float
+    ) -> None:
+        """The waits of ``done`` and their side effects (stale waits are already deleted)."""
         waits = [{"instance_id": w.instance.id, **vars(x)} for w in done for x in w.waits]
         if waits:
             conn.execute(self._insert_waits, waits)
@@ -893,7 +873,7 @@ class SqlProcessStore:
         self, conn: Connection, instance: str, waits: list[WaitRow], now: float
     ) -> None:
         """Events that arrived for a wait before it was registered satisfy it at once."""
-        self._lock(conn, [(w.system, w.type, w.field, w.value) for w in waits])
+        self._lock(conn, [_key(w) for w in waits])
         started = conn.execute(
             select(process_instances.c.created_at).where(process_instances.c.id == instance)
         ).scalar()
@@ -945,14 +925,21 @@ class SqlProcessStore:
 
     # claiming
 
-    def claim(self, worker: str, limit: int, lease_seconds: float) -> Claim:
+    def claim(
+        self, worker: str, limit: int, lease_seconds: float, busy: Collection[str] = ()
+    ) -> Claim:
         """Lease up to ``limit`` due instances, and read the inboxes of every instance
-        ``worker`` leases, those just claimed and those it already held."""
+        ``worker`` leases, those just claimed and those it already held.
+
+        ``busy`` are instances with a write of ``worker`` in flight. They are not claimed,
+        even with their lease run out: the claim could read them as they were before that
+        write, which then commits (the lease is the worker's again), and the worker would go
+        on from a state older than the one stored."""
         if self.store.is_postgres:
             if limit <= 0:  # only the inboxes of what it holds
                 with self.reader.connect() as conn:
                     return Claim([], _inboxes(conn.exec_driver_sql(_INBOX_PG, {"worker": worker})))
-            params = {"limit": limit, "worker": worker, "lease": lease_seconds}
+            params = {"limit": limit, "worker": worker, "lease": lease_seconds, "busy": list(busy)}
             claim = Claim()
             for r in self.store._write_alone(_CLAIM_PG, params):
                 if r.item is None:
@@ -967,6 +954,7 @@ class SqlProcessStore:
                 now = time.time()
                 params = {"limit": limit, "now": now}
                 due = [str(r.id) for r in conn.execute(self._claim_due, params)]
+                due = [ident for ident in due if ident not in busy]
                 if due:
                     rows = conn.execute(
                         self._claim_lease,
@@ -981,13 +969,19 @@ class SqlProcessStore:
     def extend_leases(self, worker: str, ids: list[str], lease_seconds: float) -> None:
         if not ids:
             return
-        with self.store._write() as conn:
-            now = self.store._now(conn)
-            conn.execute(
-                update(process_instances)
-                .where(process_instances.c.id.in_(ids), process_instances.c.lease_owner == worker)
-                .values(lease_expires_at=now + lease_seconds)
-            )
+
+        def extend() -> None:
+            with self.store._write() as conn:
+                now = self.store._now(conn)
+                conn.execute(
+                    update(process_instances)
+                    .where(
+                        process_instances.c.id.in_(ids), process_instances.c.lease_owner == worker
+                    )
+                    .values(lease_expires_at=now + lease_seconds)
+                )
+
+        retried(extend)
 
     def release(self, worker: str | None) -> int:
         """Release the leases of ``worker`` (every lease when None: embedded start-up)."""

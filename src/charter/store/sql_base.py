@@ -8,18 +8,23 @@ time from the database clock, so any number of processes on any hosts can share 
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Float, create_engine, event, func, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
 
-from charter.errors import StoreError
+from charter.errors import StoreError, WriteRolledBack
 from charter.store.protocol import IngestBatch, NewEvent
+
+log = logging.getLogger("charter.store")
+T = TypeVar("T")
 
 
 def create_store_engine(url: str) -> Engine:
@@ -82,12 +87,42 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
+# What PostgreSQL rolls back so that another transaction can go on: deadlock_detected and
+# serialization_failure (see `WriteRolledBack`).
+_ROLLED_BACK_FOR_ANOTHER = frozenset({"40P01", "40001"})
+# How many times `retried` runs a write that keeps being rolled back for another.
+WRITE_ATTEMPTS = 3
+
+
+def retried(write: Callable[[], T]) -> T:
+    """``write()``, run again (up to `WRITE_ATTEMPTS` times in all, a few milliseconds
+    apart) while the database rolls it back in favour of another transaction: two workers
+    writing some of the same instances, say. ``write`` must be one transaction, or one
+    statement in autocommit."""
+    attempt = 1
+    while True:
+        try:
+            return write()
+        except WriteRolledBack as exc:
+            if attempt >= WRITE_ATTEMPTS:
+                raise
+            log.info("write rolled back for another transaction (attempt %d): %s", attempt, exc)
+            time.sleep(random.uniform(0.0, 0.02 * attempt))
+            attempt += 1
+
+
 @contextmanager
 def _write_errors() -> Iterator[None]:
     """The driver's errors of a write as :class:`StoreError`, with the fix."""
     try:
         yield
     except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) in _ROLLED_BACK_FOR_ANOTHER:
+            raise WriteRolledBack(
+                f"the database rolled back a write in favour of another: {exc.orig}",
+                fix="run it again; if it keeps happening, fewer workers on the same "
+                "instances will help",
+            ) from exc
         raise StoreError(
             f"the database refused a write: {exc.orig}",
             fix="check that the database is up and migrated ('charter db upgrade')",
