@@ -174,7 +174,8 @@ def _serve(
 ) -> None:
     worker = Workers(hub, worker_settings, runner_settings) if with_worker else None
     if worker is not None:
-        hub.processes.hand_starts_to(worker.runner.name, worker.runner.adopt)
+        runner = worker.runner
+        hub.processes.hand_starts_to(runner.name, runner.adopt, runner.settings.lease_seconds)
     if worker is not None and not hub.store.is_postgres:
         # Embedded mode: this process is the only one using the file, so any lease
         # left in it belongs to a process that died; do not wait for it to expire.

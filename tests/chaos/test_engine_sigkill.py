@@ -80,6 +80,9 @@ def test_workers_killed_twenty_times_change_no_outcome(tmp_path: Path, pg_url: s
                 assert response.status_code == 202, response.text
             kills, deadline = 0, time.monotonic() + 600
             while time.monotonic() < deadline:
+                for worker in workers:
+                    if not worker.running:  # stopped by nothing but itself
+                        pytest.fail(f"a worker exited on its own:\n{worker.log_tail()}")
                 counts = client.get("/v1/processes").json()["instances"]
                 ended = counts.get("completed", 0) + counts.get("compensated", 0)
                 if ended == INSTANCES and kills >= KILLS:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from charter.engine.runner import ProcessRunner, RunnerSettings, TaskContext
+from charter.errors import WriteRolledBack
 from charter.runtime import Hub
 from charter.store.processes import InstanceWrite, SqlProcessStore, WriteResult
 
@@ -31,6 +32,19 @@ steps:
             task: {handler: fast}
         - - id: slow
             task: {handler: slow}
+"""
+
+
+ONE_TASK = """\
+kind: Process
+name: one-task
+version: 1
+owner: integration-platform
+tier: informational
+slo: {objective: 99.0, latency: 1m}
+steps:
+  - id: only
+    task: {handler: count}
 """
 
 
@@ -64,6 +78,7 @@ def hub(project_dir: Path, tmp_path: Path) -> Any:
     processes = project_dir / "processes"
     processes.mkdir(exist_ok=True)
     (processes / "two-branches.yaml").write_text(TWO_BRANCHES)
+    (processes / "one-task.yaml").write_text(ONE_TASK)
     hub = Hub.open(project_dir, database=f"sqlite:///{tmp_path / 'charter.db'}")
     yield hub
     hub.close()
@@ -119,3 +134,62 @@ def test_a_result_for_an_instance_being_written_waits_for_that_write(hub: Hub) -
     first, second = store.spans[0], store.spans[1]
     assert first[0] == second[0]
     assert second[1] >= first[2]
+
+
+class RollingBackStore:
+    """The store, with the runner's first group write rolled back, as PostgreSQL rolls back
+    one side of a deadlock (after the store's own attempts)."""
+
+    def __init__(self, store: SqlProcessStore) -> None:
+        self._store = store
+        self.rolled_back: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def write(
+        self, worker: str | None, writes: list[InstanceWrite], lease_seconds: float = 30.0
+    ) -> list[WriteResult]:
+        if not self.rolled_back:
+            self.rolled_back = [w.instance.id for w in writes]
+            raise WriteRolledBack("deadlock detected", fix="run it again")
+        return self._store.write(worker, writes, lease_seconds)
+
+
+def test_a_write_rolled_back_lets_go_of_its_instances_and_the_runner_goes_on(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = hub.processes
+    store = RollingBackStore(service.store)
+    calls: list[str] = []
+
+    async def scenario() -> dict[str, Any]:
+        async def count(data: Any, context: TaskContext) -> dict[str, Any]:
+            calls.append(context.idempotency_key)
+            return {"n": len(calls)}
+
+        runner = ProcessRunner(
+            store,  # type: ignore[arg-type]
+            service.definitions,
+            {},
+            {"count": count},
+            "worker-1",
+            RunnerSettings(idle_poll=0.02, lease_seconds=0.3),
+            on_ended=service.endings.ended,
+        )
+        service.hand_starts_to(runner.name, runner.adopt, 0.3)
+        running = asyncio.create_task(runner.run())
+        try:
+            ident, _ = await service.start_async("one-task", "R-1", {})
+            return await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
+        finally:
+            runner.stop()
+            await running
+
+    shown = asyncio.run(scenario())
+    assert store.rolled_back, "no write was rolled back"
+    assert shown["status"] == "completed"
+    # The task ran again once the instance's lease ran out, under the same key.
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert shown["context"]["steps"]["only"] == {"n": 2}
+    assert "could not be committed" in caplog.text

@@ -45,7 +45,7 @@ from charter.engine.messages import (
 )
 from charter.engine.persist import Planner
 from charter.engine.registry import Definitions, TaskHandler, is_async
-from charter.errors import CharterError, ConnectorError, RateLimited
+from charter.errors import CharterError, ConnectorError, RateLimited, WriteRolledBack
 from charter.store.processes import (
     ENDED_STATUSES,
     Claim,
@@ -293,7 +293,7 @@ class ProcessRunner:
                 capacity = self.settings.max_in_flight - len(self._held)
                 limit = min(self.settings.batch_size, capacity)
                 claimed = await asyncio.to_thread(
-                    self.store.claim, self.name, limit, self.settings.lease_seconds
+                    self.store.claim, self.name, limit, self.settings.lease_seconds, writing
                 )
                 now = time.time()
         # Results for instances being written wait for that write; the rest are applied.
@@ -367,12 +367,16 @@ class ProcessRunner:
         """Commit one group write, then send the calls and tasks its transitions ask for.
 
         ``holds`` are the instances as held when the write was made. One the write let go
-        of may be claimed again before this runs; that claim read it as committed, and
-        what it holds now is newer than the write."""
+        of may be claimed again before this runs; claims leave out the instances being
+        written (see `SqlProcessStore.claim`), so that claim read it as committed, and what
+        it holds now is newer than the write."""
+        rolled_back: WriteRolledBack | None = None
         try:
             outcomes = await asyncio.to_thread(
                 self.store.write, self.name, writes, self.settings.lease_seconds
             )
+        except WriteRolledBack as exc:  # again and again: another worker has these too
+            rolled_back = exc
         finally:
             self._writing.subtract(w.instance.id for w in writes)
             for write in writes:
@@ -382,6 +386,18 @@ class ProcessRunner:
                 self._reread_inbox = False
                 self._poked = True
             self._wake.set()
+        if rolled_back is not None:
+            # Nothing of the write is stored: let go of its instances, as of a lost lease;
+            # whoever leases them next goes on from what is stored.
+            log.warning(
+                "let go of %d instances whose transitions could not be committed: %s",
+                len(writes),
+                rolled_back,
+            )
+            for write, held in zip(writes, holds, strict=True):
+                if self._held.get(write.instance.id) is held:
+                    self._held.pop(write.instance.id)
+            return
         ended: list[str] = []
         for write, held, outcome in zip(writes, holds, outcomes, strict=True):
             instance = write.instance.id

@@ -13,7 +13,7 @@ from charter.engine.endings import RECHECK_S, Endings
 from charter.engine.messages import InvalidOperation
 from charter.engine.persist import Planner
 from charter.engine.registry import Definitions
-from charter.engine.runner import inbox_event
+from charter.engine.runner import RunnerSettings, inbox_event
 from charter.errors import BadRequest, Conflict, NotFound
 from charter.hub.commit import MAX_GROUP, GroupCommitter
 from charter.store.processes import (
@@ -43,17 +43,24 @@ class ProcessService:
         # to make are committed already leased to it and handed over without a claim.
         self.owner: str | None = None
         self._adopt: Callable[[list[InstanceWrite]], None] | None = None
+        self._lease_seconds = RunnerSettings.lease_seconds
         self.starts: GroupCommitter[InstanceWrite, WriteResult] = GroupCommitter(
-            lambda writes: store.write(self.owner, writes)
+            lambda writes: store.write(self.owner, writes, self._lease_seconds)
         )
         # Requests waiting for instances to end, told by the runner of this process and,
         # on PostgreSQL, by the notices of the others.
         self.endings = Endings()
 
-    def hand_starts_to(self, owner: str, adopt: Callable[[list[InstanceWrite]], None]) -> None:
+    def hand_starts_to(
+        self,
+        owner: str,
+        adopt: Callable[[list[InstanceWrite]], None],
+        lease_seconds: float = RunnerSettings.lease_seconds,
+    ) -> None:
         """Give the instances started through the API to the runner ``owner`` of this process:
-        ``adopt`` gets every instance created, those with work to do committed leased to it."""
-        self.owner, self._adopt = owner, adopt
+        ``adopt`` gets every instance created, those with work to do committed leased to it
+        for ``lease_seconds`` (the runner's lease)."""
+        self.owner, self._adopt, self._lease_seconds = owner, adopt, lease_seconds
 
     def start(self, process: str, business_key: str, input_: Any) -> tuple[str, bool]:
         """Start ``process`` for ``business_key``; an existing instance is returned, not doubled."""
