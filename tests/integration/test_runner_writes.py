@@ -48,6 +48,21 @@ steps:
 """
 
 
+TWO_TASKS = """\
+kind: Process
+name: two-tasks
+version: 1
+owner: integration-platform
+tier: informational
+slo: {objective: 99.0, latency: 1m}
+steps:
+  - id: one
+    task: {handler: one}
+  - id: two
+    task: {handler: two}
+"""
+
+
 class GatedStore:
     """The store, with the runner's first group write held until ``release`` and every
     write's instances and time span recorded."""
@@ -79,6 +94,7 @@ def hub(project_dir: Path, tmp_path: Path) -> Any:
     processes.mkdir(exist_ok=True)
     (processes / "two-branches.yaml").write_text(TWO_BRANCHES)
     (processes / "one-task.yaml").write_text(ONE_TASK)
+    (processes / "two-tasks.yaml").write_text(TWO_TASKS)
     hub = Hub.open(project_dir, database=f"sqlite:///{tmp_path / 'charter.db'}")
     yield hub
     hub.close()
@@ -193,3 +209,60 @@ def test_a_write_rolled_back_lets_go_of_its_instances_and_the_runner_goes_on(
     assert len(calls) == 2 and calls[0] == calls[1]
     assert shown["context"]["steps"]["only"] == {"n": 2}
     assert "could not be committed" in caplog.text
+
+
+class LapsingStore(GatedStore):
+    """A gated store whose leases are never renewed: they run out while a write is held."""
+
+    def extend_leases(self, worker: str, ids: list[str], lease_seconds: float) -> None:
+        return None
+
+
+def test_a_lease_that_runs_out_during_its_own_write_is_not_taken_back_from_before_it(
+    hub: Hub,
+) -> None:
+    """The write of step one's result is held past the instance's lease. Claims meanwhile
+    must not take the instance back as it was before that write: the worker would run step
+    one again and, once the write commits, go on from the older state."""
+    service = hub.processes
+    store = LapsingStore(service.store)
+    ran: list[str] = []
+
+    async def scenario() -> dict[str, Any]:
+        async def one(data: Any, context: TaskContext) -> dict[str, Any]:
+            ran.append("one")
+            return {}
+
+        async def two(data: Any, context: TaskContext) -> dict[str, Any]:
+            ran.append("two")
+            return {}
+
+        runner = ProcessRunner(
+            store,  # type: ignore[arg-type]
+            service.definitions,
+            {},
+            {"one": one, "two": two},
+            "worker-1",
+            # Two writes in flight even on SQLite: the runner goes on claiming during one.
+            RunnerSettings(idle_poll=0.02, lease_seconds=0.1, writes_in_flight=2),
+            on_ended=service.endings.ended,
+        )
+        service.hand_starts_to(runner.name, runner.adopt, 0.1)
+        running = asyncio.create_task(runner.run())
+        try:
+            ident, _ = await service.start_async("two-tasks", "L-1", {})
+            assert await asyncio.to_thread(store.held_first.wait, 10)
+            await asyncio.sleep(0.5)  # the lease runs out; the runner claims, again and again
+            store.gate.set()
+            return await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
+        finally:
+            store.gate.set()
+            runner.stop()
+            await running
+
+    shown = asyncio.run(scenario())
+    assert shown["status"] == "completed"
+    assert ran == ["one", "two"]
+    timeline = service.store.history(shown["id"])
+    steps = [e["step"] for e in timeline if e["what"] == "completed" and "step" in e]
+    assert steps == ["one", "two"]

@@ -554,17 +554,18 @@ class SqlProcessStore:
                 first.setdefault(w.instance.id, w)
         new = sorted(first.values(), key=_ident)
         statements: list[tuple[str, dict[str, Any]]] = []
+        common = {"worker": worker, "lease": lease}
         if updates:
             rows = [(w.instance.id, *_written_values(w)) for w in updates]
-            params = _columns(rows, ("id", *_WRITTEN_VALUES))
+            params = _columns(rows, ("id", *_WRITTEN_VALUES)) | _history_params(updates)
+            params |= self._notices(updates) | common
             params["consumed"] = [item for w in updates for item in w.consumed]
-            statements.append((_WRITE_LEASED_PG, params | _history_params(updates)))
-            statements[-1][1].update(self._notices(updates), worker=worker, lease=lease)
+            statements.append((_WRITE_LEASED_PG, params))
         if new:
             rows = [(*_identity(w.instance), *_written_values(w)) for w in new]
             params = _columns(rows, (*_INSTANCE_COLUMNS[:6], *_WRITTEN_VALUES))
-            statements.append((_START_PG, params | _history_params(new)))
-            statements[-1][1].update(self._notices(new), worker=worker, lease=lease)
+            params |= _history_params(new) | self._notices(new) | common
+            statements.append((_START_PG, params))
         done: set[str] = set()
         if len(statements) == 1 and all(_plain(w) for w in writes):
             done = {row.id for row in self.store._write_alone(*statements[0])}
