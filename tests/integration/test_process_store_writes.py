@@ -3,17 +3,23 @@ that writes only its instance, one that also registers a wait): a worker whose l
 worker took over writes nothing, a write the database refuses fails with the store's error,
 naming the cause and the fix, and leaves nothing of the group behind, and a write caught in a
 deadlock is run again. A claim reads the inboxes of what its worker holds and leaves out what
-it is writing."""
+it is writing, and on PostgreSQL finds what it reads by index, however many instances have
+ended."""
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
+import psycopg
 import pytest
 
 from charter.errors import StoreError
+from charter.store.notify import libpq_url
 from charter.store.processes import (
+    _CLAIM_PG,
+    _INBOX_PG,
     InstanceRecord,
     InstanceWrite,
     SqlProcessStore,
@@ -171,3 +177,50 @@ def test_a_claim_leaves_out_what_its_worker_is_writing(store: SqlStore) -> None:
     again = processes.claim("worker-1", 10, 30.0, busy=["id-B-1"])
     assert [r.id for r in again.instances] == ["id-B-2"]
     assert [r.id for r in processes.claim("worker-2", 10, 30.0).instances] == ["id-B-1"]
+
+
+def _relations_scanned_whole(
+    conn: psycopg.Connection[Any], statement: str, params: Any
+) -> set[str]:
+    """The tables PostgreSQL's plan for ``statement`` reads from end to end (Seq Scan)."""
+    [[plan]] = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", params).fetchall()
+    conn.rollback()
+    scanned: set[str] = set()
+    nodes = [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if node["Node Type"] == "Seq Scan":
+            scanned.add(node["Relation Name"])
+        nodes.extend(node.get("Plans", []))
+    return scanned
+
+
+@pytest.mark.parametrize("limit", [10, 0], ids=["claiming", "at-capacity"])
+def test_a_claim_finds_its_instances_by_index_however_many_have_ended(
+    pg_url: str, limit: int
+) -> None:
+    """Ended instances stay in the table for good; a claim must not read through them. With
+    a few thousand of them PostgreSQL's statistics made it choose to scan the whole table at
+    every claim, a cost that grew with every instance ever run."""
+    store = SqlStore.from_url(pg_url)
+    processes = SqlProcessStore(store)
+    processes.write(None, [start("due-1"), start("held-1")])
+    [held] = processes.claim("worker-1", 1, 30.0).instances
+    processes.enqueue(held.id, "signal", {"name": "go"})
+    with psycopg.connect(libpq_url(pg_url)) as conn:
+        conn.execute(
+            "INSERT INTO process_instances (id, process, version, business_key, status, "
+            "state, created_at, updated_at) SELECT 'ended-' || n, 'p', 1, 'ended-' || n, "
+            "'completed', repeat('x', 400), 0, 0 FROM generate_series(1, 3000) AS n"
+        )
+        conn.commit()
+        conn.execute("ANALYZE")
+        params = {"limit": limit, "worker": "worker-1", "lease": 30.0, "busy": []}
+        statement = _CLAIM_PG if limit else _INBOX_PG
+        assert "process_instances" not in _relations_scanned_whole(conn, statement, params)
+
+    claimed = processes.claim("worker-1", limit, 30.0)
+    other = sorted({"id-due-1", "id-held-1"} - {held.id})
+    assert [r.id for r in claimed.instances] == ([] if limit == 0 else other)
+    assert [(i.kind, i.body) for i in claimed.inbox[held.id]] == [("signal", {"name": "go"})]
+    store.close()

@@ -296,6 +296,12 @@ _START_PG = (_START_PG + _WRITTEN_PG).format(now=_NOW_PG, transition=_TRANSITION
 # their inbox (see above), and read the inboxes of every instance the worker leases (those
 # just claimed and those it held), in one statement: the instances leased come first, then
 # the inbox items in order, told apart by ``item`` (NULL for an instance).
+#
+# Every row of process_instances it reads or leases is found through an index: the due ones
+# through ``next_wake_at``, the rest by id from an array of the few ids in question
+# (``= ANY(ARRAY(...))``). A join instead leaves the plan to the table's statistics, and
+# with a few thousand rows, most of them ended instances, PostgreSQL chose to scan the whole
+# table at every claim: 0.8 ms of a 1 ms claim at 2,000 instances, growing with the table.
 _CLAIM_PG = """
 WITH due AS (
     SELECT p.id FROM process_instances AS p
@@ -308,7 +314,7 @@ WITH due AS (
 ),
 unread AS (
     SELECT p.id FROM process_instances AS p
-    WHERE p.id IN (SELECT instance_id FROM process_inbox)
+    WHERE p.id = ANY(ARRAY(SELECT instance_id FROM process_inbox))
     AND (p.lease_expires_at IS NULL OR p.lease_expires_at < {now})
     AND p.id <> ALL(%(busy)s::varchar[])
     LIMIT %(limit)s
@@ -317,8 +323,7 @@ unread AS (
 claimed AS (
     UPDATE process_instances AS p
     SET lease_owner = %(worker)s, lease_expires_at = {now} + %(lease)s
-    FROM (SELECT id FROM due UNION SELECT id FROM unread LIMIT %(limit)s) AS c
-    WHERE p.id = c.id
+    WHERE p.id = ANY(ARRAY(SELECT id FROM due UNION SELECT id FROM unread LIMIT %(limit)s))
     RETURNING p.id, p.process, p.version, p.business_key, p.status, p.state, p.parent_id,
         p.parent_step
 )
@@ -329,15 +334,20 @@ UNION ALL
 SELECT i.instance_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, i.id, i.kind, i.body
 FROM process_inbox AS i
 WHERE i.instance_id IN (SELECT id FROM claimed)
-OR i.instance_id IN (SELECT id FROM process_instances WHERE lease_owner = %(worker)s)
+OR i.instance_id IN ({leased})
 ORDER BY item NULLS FIRST
 """
-_CLAIM_PG = _CLAIM_PG.format(now=_NOW_PG)
+# The instances with anything in their inbox that ``worker`` leases.
+_LEASED_INBOXES_PG = (
+    "SELECT p.id FROM process_instances AS p "
+    "WHERE p.id = ANY(ARRAY(SELECT instance_id FROM process_inbox)) "
+    "AND p.lease_owner = %(worker)s"
+)
+_CLAIM_PG = _CLAIM_PG.format(now=_NOW_PG, leased=_LEASED_INBOXES_PG)
 # The inboxes alone, for a worker that can hold no more instances.
 _INBOX_PG = (
     "SELECT i.id, i.instance_id, i.kind, i.body FROM process_inbox AS i "
-    "JOIN process_instances AS p ON p.id = i.instance_id "
-    "WHERE p.lease_owner = %(worker)s ORDER BY i.id"
+    f"WHERE i.instance_id IN ({_LEASED_INBOXES_PG}) ORDER BY i.id"
 )
 
 
