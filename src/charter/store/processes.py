@@ -217,7 +217,7 @@ _INSERT_HISTORY_PG = (
 #
 # An instance held with calls in flight is written due at once (see `Planner.write`). When it
 # is due already, its due time is left as it is: an update that changes no indexed column
-# can be a heap-only one (HOT), which adds no entries to the table's four indexes.
+# can be a heap-only one (HOT), which adds no entries to the table's six indexes.
 #
 # Such a statement reads the inbox (is anything left unconsumed?) as it was when the
 # statement began. An item whose writer commits after that, but takes the instance's row

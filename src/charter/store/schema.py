@@ -114,6 +114,9 @@ process_instances = Table(
     UniqueConstraint("process", "business_key", name="uq_instance_process_key"),
     Index("ix_instances_wake", "next_wake_at"),
     Index("ix_instances_status", "process", "status"),
+    # Searches: newest first, and by business key alone (migration 0012).
+    Index("ix_instances_created", "created_at"),
+    Index("ix_instances_business_key", "business_key"),
 )
 
 process_inbox = Table(
