@@ -16,6 +16,8 @@ next. Errors that cross the API become RFC 9457 problem+json using ``type_``,
     │   ├── IdempotencyKeyReused    same key, other body (422)
     │   └── IdempotencyKeyInFlight  same key still being processed (409)
     ├── StoreError              the database cannot be used as is
+    │   ├── WriteRolledBack         rolled back in favour of another write; run it again
+    │   ├── DatabaseUnavailable     cannot be reached or dropped the connection; wait, try again
     │   └── SchemaOutOfDate         migrations are pending
     ├── NotFound                an object asked for does not exist (404)
     ├── Conflict                an operation does not apply in the current state (409)
@@ -169,6 +171,15 @@ class WriteRolledBack(StoreError):
 
     type_ = "write-rolled-back"
     title = "The database rolled back a write in favour of another"
+
+
+class DatabaseUnavailable(StoreError):
+    """The database could not be reached, or dropped the connection (a restart, a
+    failover, a network cut; on SQLite, another program holding the file's lock too long).
+    A write that fails so may or may not have been committed."""
+
+    type_ = "database-unavailable"
+    title = "The database cannot be reached"
 
 
 class SchemaOutOfDate(StoreError):

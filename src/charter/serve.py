@@ -183,13 +183,25 @@ def _serve(
         if released:
             log.warning("released %d leases left by a previous process", released)
 
+    # The worker's task, once started: if it fails, the server stops too, and the process
+    # exits with the failure, rather than go on taking work that nothing would do.
+    running: list[asyncio.Task[None]] = []
+
     async def start_worker() -> Callable[[], Awaitable[None]]:
         assert worker is not None
         task = asyncio.create_task(worker.run(), name="charter-workers")
+        running.append(task)
+
+        def ended(done: asyncio.Task[None]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.error("the worker stopped, so the server stops too: %s", done.exception())
+                server.should_exit = True
+
+        task.add_done_callback(ended)
 
         async def stop() -> None:
             worker.stop()
-            await task
+            await asyncio.wait({task})  # a failure is raised once the server has stopped
 
         return stop
 
@@ -212,7 +224,12 @@ def _serve(
     # the handler it found; with this one in place a clean shutdown exits 0.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     settle_heap()
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    server.run()
+    for task in running:
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure
 
 
 def run_worker(

@@ -1,4 +1,5 @@
-"""One ``charter server`` and separate ``charter worker`` processes sharing PostgreSQL."""
+"""One ``charter server`` and separate ``charter worker`` processes sharing PostgreSQL, and a
+worker that goes on when its connections to the database are cut."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from charter.processes import HubProcess
 from charter.sim import SimProcess
@@ -23,7 +25,9 @@ from tests.acceptance.conftest import (
     running_hub,
     settled,
     wait_until,
+    wait_until_listening,
 )
+from tests.conftest import PG_ADMIN
 
 pytestmark = pytest.mark.postgres
 
@@ -163,3 +167,95 @@ def test_a_server_alone_keeps_events_pending_until_a_worker_starts(
     report = erp.report()
     assert (report["applied"], report["applied_more_than_once"]) == (50, 0)
     assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
+
+
+NAP = """\
+kind: Process
+name: nap
+version: 1
+owner: integration-platform
+tier: informational
+slo: {objective: 99.0, latency: 1m}
+steps:
+  - id: nap
+    sleep: {for: 20ms}
+"""
+
+
+def cut_connections(database: str) -> int:
+    """Close every connection to ``database`` from the server's side, as a restart of
+    PostgreSQL or a failover does; how many were closed."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (make_url(database).database,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_worker_whose_database_connections_are_cut_goes_on_once_it_answers(
+    project_dir: Path, pg_url: str, erp: SimProcess
+) -> None:
+    """Connections cut while the worker delivers events and runs processes: it waits and
+    tries again instead of stopping, and everything acknowledged is done once, in the end."""
+    (project_dir / "processes").mkdir(exist_ok=True)
+    (project_dir / "processes" / "nap.yaml").write_text(NAP)
+    erp.fault(latency_ms=20)
+    events = deals(600)
+    with ExitStack() as stack:
+        server = stack.enter_context(
+            running_hub(project_dir, erp, database=pg_url, command="server")
+        )
+        since = time.time()
+        worker = start_worker(stack, project_dir, erp, pg_url, CHARTER_LEASE_SECONDS="2")
+        wait_until_listening(pg_url, since)
+        with httpx.Client(base_url=server.url, trust_env=False, timeout=30) as api:
+            ids = post_events(api, events)
+            for n in range(300):
+                started = api.post(
+                    "/v1/processes/nap/instances", json={"business_key": f"nap-{n}", "input": {}}
+                )
+                assert started.status_code == 201, started.text
+        cut = 0
+        for _ in range(5):
+            cut += cut_connections(pg_url)
+            time.sleep(0.3)
+        time.sleep(1.5)  # the server's pooled connections are checked before use again
+        stats = wait_until(server.stats, settled(600), SETTLE_S)
+        counts = wait_until(
+            lambda: server.client.get("/v1/processes").json()["instances"],
+            lambda c: c.get("completed") == 300,
+            SETTLE_S,
+        )
+        assert worker.running, worker.log_tail()
+        log = worker.log_tail(200)
+
+    assert cut >= 5
+    assert "the database cannot be reached" in log and "trying again in" in log, log
+    assert counts == {"completed": 300}
+    assert (stats["deliveries"]["delivered"], stats["deliveries"]["dead"]) == (600, 0)
+    report = erp.report()
+    assert report["applied"] == 600, report
+    assert report["applied_more_than_once"] == 0, report
+    assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
+
+
+def test_charter_up_stops_with_its_worker_rather_than_take_work_nothing_does(
+    project_dir: Path, pg_url: str, erp: SimProcess
+) -> None:
+    """A worker that stops on an error it cannot wait out (here, a table gone) takes the
+    API of its process down with it, and the process exits non-zero naming the error, so
+    that whatever supervises it notices; the API does not go on acknowledging events."""
+    with running_hub(project_dir, erp, database=pg_url, command="up") as hub:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE process_inbox RENAME TO process_inbox_gone")
+        deadline = time.monotonic() + SETTLE_S
+        while hub.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not hub.running, "charter up kept serving without its worker"
+        code = hub.stop()
+        log = hub.log_tail(50)
+    assert code == 1, log
+    assert "the worker stopped, so the server stops too" in log, log
+    assert "process_inbox" in log.splitlines()[-1], log

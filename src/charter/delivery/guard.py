@@ -32,7 +32,7 @@ from charter.delivery.quota import TIERS, QuotaBudget, QuotaPolicy, QuotaWait
 from charter.delivery.redis_state import RedisState
 from charter.delivery.redis_state import redis_prefix as redis_prefix_for
 from charter.delivery.shared import DatabaseState, LocalState, SharedState
-from charter.errors import ConnectorError, RateLimited
+from charter.errors import ConnectorError, DatabaseUnavailable, RateLimited
 from charter.store.resilience import BreakerKey, ResilienceStore, UsageRow
 
 log = logging.getLogger("charter.resilience")
@@ -347,7 +347,10 @@ class Resilience:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), FLUSH_S)
-            await self.flush()
+            try:
+                await self.flush()
+            except DatabaseUnavailable as exc:  # what was not reported goes with the next
+                log.warning("breaker outcomes cannot be saved: %s", exc)
 
     def defer(self, worker: str, items: list[tuple[int, float]]) -> int:
         """Put leased deliveries back until their times, without an attempt (None: no store)."""

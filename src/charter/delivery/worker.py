@@ -32,9 +32,16 @@ from charter.connectors import Connector, HttpConnector, TargetRequest
 from charter.delivery.fallback import FALLBACK_KEY_SUFFIX, DropFolder, park_until
 from charter.delivery.guard import Deferred, Resilience
 from charter.delivery.retry import decide
-from charter.errors import CharterError, ConnectorError, MappingError, NotFound
+from charter.errors import (
+    CharterError,
+    ConnectorError,
+    DatabaseUnavailable,
+    MappingError,
+    NotFound,
+)
 from charter.hub.routing import Router
 from charter.store import AttemptResult, ClaimedDelivery, Outcome, Store
+from charter.store.sql_base import Reconnect
 
 log = logging.getLogger("charter.delivery")
 
@@ -91,6 +98,7 @@ class DeliveryWorker:
         self.name = name or worker_id()
         self.rng = rng or random.Random()
         self._stopping = asyncio.Event()
+        self._reconnect = Reconnect(log)
         self._wake = asyncio.Event()
         self._results: list[AttemptResult] = []
         # Deliveries put back without an attempt: (id, due again at).
@@ -127,12 +135,22 @@ class DeliveryWorker:
             await self._drain()
             self.stop()
             await recorder
-            await self._flush()
             if reporter is not None:
                 await reporter
-            released = await asyncio.to_thread(self.store.release_leases, self.name)
-            if released:
-                log.info("released %d leases on shutdown", released)
+            try:
+                await self._flush()
+                released = await asyncio.to_thread(self.store.release_leases, self.name)
+            except DatabaseUnavailable as exc:
+                # Their leases run out, and the deliveries are made again, under the same
+                # idempotency keys.
+                log.warning(
+                    "stopped with %d results not recorded and leases held: %s",
+                    len(self._results),
+                    exc,
+                )
+            else:
+                if released:
+                    log.info("released %d leases on shutdown", released)
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
@@ -145,20 +163,25 @@ class DeliveryWorker:
                 )
                 stopping.cancel()
                 continue
-            claimed = await asyncio.to_thread(
-                self.store.claim_due_deliveries,
-                self.name,
-                min(free, self.settings.batch_size),
-                self.settings.lease_seconds,
-            )
-            for delivery in claimed:
-                if self._over_share(delivery):
-                    continue
-                task = asyncio.create_task(self._deliver(delivery))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-            if not claimed:
-                await self._idle()
+            try:
+                claimed = await asyncio.to_thread(
+                    self.store.claim_due_deliveries,
+                    self.name,
+                    min(free, self.settings.batch_size),
+                    self.settings.lease_seconds,
+                )
+                for delivery in claimed:
+                    if self._over_share(delivery):
+                        continue
+                    task = asyncio.create_task(self._deliver(delivery))
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._in_flight.discard)
+                if not claimed:
+                    await self._idle()
+            except DatabaseUnavailable as exc:
+                await self._reconnect.pause(exc, self._stopping)
+                continue
+            self._reconnect.reached()
 
     def _over_share(self, delivery: ClaimedDelivery) -> bool:
         """Put ``delivery`` back for a moment if its target already holds its share of slots."""
@@ -199,25 +222,43 @@ class DeliveryWorker:
             await asyncio.wait(pending)
 
     async def _record_loop(self) -> None:
+        reconnect = Reconnect(log)
         while not self._stopping.is_set():
             await self._recorded.wait()
             # Let a few more results arrive so they share one transaction.
             await asyncio.sleep(self.settings.flush_interval)
             self._recorded.clear()
-            await self._flush()
+            try:
+                await self._flush()
+            except DatabaseUnavailable as exc:
+                self._recorded.set()  # what was not recorded is kept for the next flush
+                await reconnect.pause(exc, self._stopping)
+                continue
+            reconnect.reached()
 
     def _result(self, result: AttemptResult) -> None:
         self._results.append(result)
         self._recorded.set()
 
     async def _flush(self) -> None:
+        """Record the results and deferrals gathered so far; when the database cannot be
+        reached they are kept for the next flush (recording again what a lost connection
+        did commit changes nothing: only deliveries still leased are recorded)."""
         if self._deferred and self.resilience is not None:
             deferred, self._deferred = self._deferred, []
-            await asyncio.to_thread(self.resilience.defer, self.name, deferred)
+            try:
+                await asyncio.to_thread(self.resilience.defer, self.name, deferred)
+            except DatabaseUnavailable:
+                self._deferred[:0] = deferred
+                raise
         if not self._results:
             return
         results, self._results = self._results, []
-        await asyncio.to_thread(self.store.record_attempts, self.name, results)
+        try:
+            await asyncio.to_thread(self.store.record_attempts, self.name, results)
+        except DatabaseUnavailable:
+            self._results[:0] = results
+            raise
 
     async def _defer(self, delivery: ClaimedDelivery, until: float) -> None:
         """Put ``delivery`` back until ``until`` without an attempt."""

@@ -45,7 +45,14 @@ from charter.engine.messages import (
 )
 from charter.engine.persist import Planner
 from charter.engine.registry import Definitions, TaskHandler, is_async
-from charter.errors import CharterError, ConnectorError, RateLimited, WriteRolledBack
+from charter.errors import (
+    CharterError,
+    ConnectorError,
+    DatabaseUnavailable,
+    RateLimited,
+    StoreError,
+    WriteRolledBack,
+)
 from charter.store.processes import (
     ENDED_STATUSES,
     Claim,
@@ -54,6 +61,7 @@ from charter.store.processes import (
     InstanceWrite,
     SqlProcessStore,
 )
+from charter.store.sql_base import Reconnect
 
 log = logging.getLogger("charter.engine")
 
@@ -207,12 +215,21 @@ class ProcessRunner:
         return held
 
     async def run(self) -> None:
+        """Advance instances until stopped. While the database cannot be reached (a restart,
+        a failover), wait and try again, longer each time, instead of stopping."""
         heartbeat = asyncio.create_task(self._heartbeat())
+        reconnect = Reconnect(log)
         try:
             while not self._stopping.is_set():
-                worked = await self._tick()
-                if not worked:
-                    await self._idle()
+                try:
+                    worked = await self._tick()
+                    if not worked:
+                        await self._idle()
+                except DatabaseUnavailable as exc:
+                    await reconnect.pause(exc, self._stopping)
+                    self._poked = True  # what arrived meanwhile is in the store
+                    continue
+                reconnect.reached()
         finally:
             heartbeat.cancel()
             await self._shutdown()
@@ -227,7 +244,15 @@ class ProcessRunner:
         while self._results:
             await self._tick(claim=False)
             await self._written()
-        await asyncio.to_thread(self.store.release, self.name)
+        try:
+            await asyncio.to_thread(self.store.release, self.name)
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "stopped without letting go of %d instances; their leases run out in %.0fs: %s",
+                len(self._held),
+                self.settings.lease_seconds,
+                exc,
+            )
 
     async def _written(self) -> None:
         """Wait until every group write in flight is committed (raising what one raised)."""
@@ -243,13 +268,19 @@ class ProcessRunner:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            if self._held:
+            if not self._held:
+                continue
+            try:
                 await asyncio.to_thread(
                     self.store.extend_leases,
                     self.name,
                     list(self._held),
                     self.settings.lease_seconds,
                 )
+            except DatabaseUnavailable as exc:
+                # Leases that run out meanwhile are taken over; this runner's writes of
+                # those instances are then refused, and it lets go of them.
+                log.warning("could not renew %d leases: %s", len(self._held), exc)
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -370,12 +401,14 @@ class ProcessRunner:
         of may be claimed again before this runs; claims leave out the instances being
         written (see `SqlProcessStore.claim`), so that claim read it as committed, and what
         it holds now is newer than the write."""
-        rolled_back: WriteRolledBack | None = None
+        rolled_back: StoreError | None = None
         try:
             outcomes = await asyncio.to_thread(
                 self.store.write, self.name, writes, self.settings.lease_seconds
             )
-        except WriteRolledBack as exc:  # again and again: another worker has these too
+        # Rolled back again and again (another worker has these too), or the database was
+        # lost, when the write may or may not have been committed.
+        except (WriteRolledBack, DatabaseUnavailable) as exc:
             rolled_back = exc
         finally:
             self._writing.subtract(w.instance.id for w in writes)
@@ -387,11 +420,12 @@ class ProcessRunner:
                 self._poked = True
             self._wake.set()
         if rolled_back is not None:
-            # Nothing of the write is stored: let go of its instances, as of a lost lease;
-            # whoever leases them next goes on from what is stored.
+            # Nothing of the write is known to be stored: let go of its instances, as of a
+            # lost lease; whoever leases them next goes on from what is stored.
             log.warning(
-                "let go of %d instances whose transitions could not be committed: %s",
+                "let go of %d instances whose transitions %s committed: %s",
                 len(writes),
+                "could not be" if isinstance(rolled_back, WriteRolledBack) else "may not have been",
                 rolled_back,
             )
             for write, held in zip(writes, holds, strict=True):

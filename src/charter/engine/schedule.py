@@ -18,6 +18,7 @@ from croniter import croniter
 
 from charter.engine.service import ProcessService
 from charter.engine.spec import ScheduleTrigger
+from charter.errors import DatabaseUnavailable
 
 log = logging.getLogger("charter.engine")
 CHECK_INTERVAL_S = 1.0
@@ -75,7 +76,11 @@ class Scheduler:
         if not self.schedules:
             return
         while not stop.is_set():
-            started = await asyncio.to_thread(self.tick, time.time())
+            try:
+                started = await asyncio.to_thread(self.tick, time.time())
+            except DatabaseUnavailable as exc:  # the next check starts what is due by then
+                log.warning("scheduled instances cannot be started: %s", exc)
+                started = []
             if started:
                 log.info("scheduled instances started: %s", ", ".join(started))
             try:

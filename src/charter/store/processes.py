@@ -44,7 +44,7 @@ from charter.store.schema import (
     process_waits,
 )
 from charter.store.sql import SqlStore
-from charter.store.sql_base import retried, row_dict
+from charter.store.sql_base import retried, row_dict, unavailable_errors
 
 PROCESSES_CHANNEL = "charter_processes"
 # Ids of instances that have just ended, for requests waiting on them in other processes.
@@ -948,7 +948,7 @@ class SqlProcessStore:
         on from a state older than the one stored."""
         if self.store.is_postgres:
             if limit <= 0:  # only the inboxes of what it holds
-                with self.reader.connect() as conn:
+                with unavailable_errors(), self.reader.connect() as conn:
                     return Claim([], _inboxes(conn.exec_driver_sql(_INBOX_PG, {"worker": worker})))
             params = {"limit": limit, "worker": worker, "lease": lease_seconds, "busy": list(busy)}
             claim = Claim()
@@ -1020,11 +1020,11 @@ class SqlProcessStore:
         item in an inbox. Read-only, so on SQLite it does not wait for the writer."""
         due = _due(self.store._clock()).limit(1)
         waiting = select(process_inbox.c.id).limit(1)
-        with self.reader.connect() as conn:
+        with unavailable_errors(), self.reader.connect() as conn:
             return bool(conn.execute(select(or_(exists(due), exists(waiting)))).scalar())
 
     def next_due_at(self) -> float | None:
-        with self.reader.connect() as conn:
+        with unavailable_errors(), self.reader.connect() as conn:
             value = conn.execute(select(func.min(process_instances.c.next_wake_at))).scalar()
         return float(value) if value is not None else None
 

@@ -38,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from charter.store.protocol import DeliveryStatus
 from charter.store.schema import Id, deliveries
+from charter.store.sql_base import unavailable_errors
 
 T = TypeVar("T")
 
@@ -143,7 +144,7 @@ class ResilienceStore:
         change: Callable[[Mapping[str, Any] | None, float], tuple[Mapping[str, Any], T]],
     ) -> T:
         """Run ``change(state or None, now)`` on a system's bucket row, locked; keep the state."""
-        with self.engine.begin() as conn:
+        with unavailable_errors(), self.engine.begin() as conn:
             now = self._now(conn)
             locked = select(quota_buckets.c.state).where(quota_buckets.c.system == system)
             row = conn.execute(locked.with_for_update()).first()
@@ -178,7 +179,7 @@ class ResilienceStore:
     ) -> T:
         """Run ``change(record or None, now)`` on a breaker row, locked; store the record and
         the transitions it returns, in the same transaction."""
-        with self.engine.begin() as conn:
+        with unavailable_errors(), self.engine.begin() as conn:
             now = self._now(conn)
             locked = select(breakers.c.record).where(breakers.c.key == str(key))
             row = conn.execute(locked.with_for_update()).first()
@@ -236,7 +237,7 @@ class ResilienceStore:
         the stored ones), new transitions, and quota use (added to the totals)."""
         if not (buckets or records or transitions or usage):
             return
-        with self.engine.begin() as conn:
+        with unavailable_errors(), self.engine.begin() as conn:
             now = self._now(conn)
             for system, state in buckets.items():
                 values = {
@@ -265,7 +266,7 @@ class ResilienceStore:
 
     def add_usage(self, usage: list[UsageRow]) -> None:
         if usage:
-            with self.engine.begin() as conn:
+            with unavailable_errors(), self.engine.begin() as conn:
                 self._add_usage(conn, usage, self._now(conn))
 
     def _add_usage(self, conn: Connection, usage: list[UsageRow], now: float) -> None:
@@ -305,7 +306,7 @@ class ResilienceStore:
         """
         if not items:
             return 0
-        with self.engine.begin() as conn:
+        with unavailable_errors(), self.engine.begin() as conn:
             result = conn.execute(
                 update(deliveries)
                 .where(
@@ -327,12 +328,12 @@ class ResilienceStore:
     # reading
 
     def load_buckets(self) -> dict[str, dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with unavailable_errors(), self.engine.connect() as conn:
             rows = conn.execute(select(quota_buckets.c.system, quota_buckets.c.state)).all()
         return {row.system: orjson.loads(row.state) for row in rows}
 
     def load_breakers(self) -> dict[BreakerKey, dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with unavailable_errors(), self.engine.connect() as conn:
             rows = conn.execute(select(breakers.c.system, breakers.c.endpoint, breakers.c.record))
             return {BreakerKey(r.system, r.endpoint): orjson.loads(r.record) for r in rows}
 
@@ -340,11 +341,11 @@ class ResilienceStore:
         query = select(quota_usage).order_by(quota_usage.c.system, quota_usage.c.flow)
         if system is not None:
             query = query.where(quota_usage.c.system == system)
-        with self.engine.connect() as conn:
+        with unavailable_errors(), self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def now(self) -> float:
-        with self.engine.connect() as conn:
+        with unavailable_errors(), self.engine.connect() as conn:
             return self._now(conn)
 
     def transitions(self, system: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -355,5 +356,5 @@ class ResilienceStore:
             .order_by(breaker_transitions.c.at.desc(), breaker_transitions.c.id.desc())
             .limit(limit)
         )
-        with self.engine.connect() as conn:
+        with unavailable_errors(), self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]

@@ -26,7 +26,12 @@ from charter.store.protocol import (
     record_rows,
 )
 from charter.store.schema import attempts, deliveries, events, idempotency_keys, record_keys
-from charter.store.sql_base import AppendExtension, create_store_engine, row_dict
+from charter.store.sql_base import (
+    AppendExtension,
+    create_store_engine,
+    row_dict,
+    unavailable_errors,
+)
 from charter.store.sql_deadletters import DeadLetterSql
 from charter.store.sql_governance import GovernanceSql
 
@@ -303,7 +308,7 @@ class SqlStore(DeadLetterSql, GovernanceSql):
         return int(result.rowcount)
 
     def next_due_at(self) -> float | None:
-        with self.engine.connect() as conn:
+        with unavailable_errors(), self.engine.connect() as conn:
             value = conn.execute(
                 select(
                     func.min(

@@ -8,19 +8,27 @@ time from the database clock, so any number of processes on any hosts can share 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Float, create_engine, event, func, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
 
-from charter.errors import StoreError, WriteRolledBack
+from charter.errors import DatabaseUnavailable, StoreError, WriteRolledBack
 from charter.store.protocol import IngestBatch, NewEvent
 
 log = logging.getLogger("charter.store")
@@ -111,11 +119,69 @@ def retried(write: Callable[[], T]) -> T:
             attempt += 1
 
 
+# PostgreSQL's SQLSTATEs of a lost server: an administrator's or a crash's shutdown, and
+# a server starting up; with the connection exceptions (class 08) and client-side errors
+# (no SQLSTATE: the server could not be reached), `DatabaseUnavailable`.
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
+# SQLite's result codes of a file another program keeps locked past the busy timeout.
+_SQLITE_BUSY = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED"})
+
+
+def _unreachable(exc: DBAPIError) -> bool:
+    """Whether ``exc`` says the database could not be reached or dropped the connection,
+    rather than that it refused what was asked."""
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    if isinstance(exc.orig, sqlite3.Error):
+        return getattr(exc.orig, "sqlite_errorname", None) in _SQLITE_BUSY
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _SERVER_GONE
+
+
+@contextmanager
+def unavailable_errors() -> Iterator[None]:
+    """A lost or unreachable database as :class:`DatabaseUnavailable`, so that a worker
+    can wait and try again; any other error as it is."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if _unreachable(exc):
+            raise DatabaseUnavailable(
+                f"the database cannot be reached: {' '.join(str(exc.orig).split())}",
+                fix="check that the database is up and reachable; workers try again on their own",
+            ) from exc
+        raise
+
+
+class Reconnect:
+    """How long a worker that cannot reach the database waits before it tries again: the
+    first wait, doubled after each failure up to the last, and the first again once the
+    database answers."""
+
+    def __init__(self, log: logging.Logger, first: float = 0.1, last: float = 5.0) -> None:
+        self.log = log
+        self.first = self.wait = first
+        self.last = last
+
+    async def pause(self, exc: DatabaseUnavailable, stopping: asyncio.Event) -> None:
+        """Wait (less if ``stopping`` is set meanwhile) after ``exc``, which is logged."""
+        self.log.warning("trying again in %.1fs: %s", self.wait, exc)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), self.wait)
+        self.wait = min(2 * self.wait, self.last)
+
+    def reached(self) -> None:
+        self.wait = self.first
+
+
 @contextmanager
 def _write_errors() -> Iterator[None]:
     """The driver's errors of a write as :class:`StoreError`, with the fix."""
     try:
-        yield
+        with unavailable_errors():
+            yield
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) in _ROLLED_BACK_FOR_ANOTHER:
             raise WriteRolledBack(
