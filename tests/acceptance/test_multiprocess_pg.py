@@ -76,6 +76,14 @@ def start_worker(
     return worker.start()
 
 
+def assert_delivered_once(stats: dict[str, Any], erp: SimProcess, ids: list[str]) -> None:
+    """Every event of ``ids`` delivered, none dead, and the ERP applied each once."""
+    assert (stats["deliveries"]["delivered"], stats["deliveries"]["dead"]) == (len(ids), 0)
+    report = erp.report()
+    assert (report["applied"], report["applied_more_than_once"]) == (len(ids), 0), report
+    assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
+
+
 def test_two_workers_share_2000_events_and_a_stopped_one_hands_over_its_work(
     project_dir: Path, pg_url: str, erp: SimProcess, leases: Leases
 ) -> None:
@@ -111,11 +119,7 @@ def test_two_workers_share_2000_events_and_a_stopped_one_hands_over_its_work(
     assert {first.pid, second.pid} <= set(seen), f"lease holders seen: {seen}"
     assert stopped_at < 2000, "everything was delivered before a worker stopped"
     assert stats["received"] == 2000
-    assert (stats["deliveries"]["delivered"], stats["deliveries"]["dead"]) == (2000, 0)
-    report = erp.report()
-    assert report["applied"] == 2000, report
-    assert report["applied_more_than_once"] == 0, report
-    assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
+    assert_delivered_once(stats, erp, ids)
 
 
 def test_a_killed_worker_s_deliveries_are_taken_over_when_its_leases_expire(
@@ -138,11 +142,7 @@ def test_a_killed_worker_s_deliveries_are_taken_over_when_its_leases_expire(
 
     assert orphaned > 0, f"the killed worker held no leases: {held}"
     assert doomed.pid not in leases.holders()
-    assert (stats["deliveries"]["delivered"], stats["deliveries"]["dead"]) == (500, 0)
-    report = erp.report()
-    assert report["applied"] == 500, report
-    assert report["applied_more_than_once"] == 0, report
-    assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
+    assert_delivered_once(stats, erp, ids)
 
 
 def test_a_server_alone_keeps_events_pending_until_a_worker_starts(
@@ -163,10 +163,7 @@ def test_a_server_alone_keeps_events_pending_until_a_worker_starts(
 
     assert waiting["received"] == 50
     assert (waiting["deliveries"]["pending"], waiting["deliveries"]["delivered"]) == (50, 0)
-    assert (stats["deliveries"]["delivered"], stats["deliveries"]["dead"]) == (50, 0)
-    report = erp.report()
-    assert (report["applied"], report["applied_more_than_once"]) == (50, 0)
-    assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
+    assert_delivered_once(stats, erp, ids)
 
 
 NAP = """\
@@ -234,11 +231,7 @@ def test_a_worker_whose_database_connections_are_cut_goes_on_once_it_answers(
     assert cut >= 5
     assert "the database cannot be reached" in log and "trying again in" in log, log
     assert counts == {"completed": 300}
-    assert (stats["deliveries"]["delivered"], stats["deliveries"]["dead"]) == (600, 0)
-    report = erp.report()
-    assert report["applied"] == 600, report
-    assert report["applied_more_than_once"] == 0, report
-    assert sorted(applied_keys(erp)) == sorted(expected_keys(ids))
+    assert_delivered_once(stats, erp, ids)
 
 
 def test_charter_up_stops_with_its_worker_rather_than_take_work_nothing_does(
