@@ -25,8 +25,8 @@ def test_a_sqlite_file_another_program_keeps_locked_is_unavailable(tmp_path: Pat
         with pytest.raises(DatabaseUnavailable) as raised:
             with unavailable_errors(), engine.begin() as conn:
                 conn.execute(text("INSERT INTO t VALUES (1)"))
-        assert "database is locked" in str(raised.value)
-        assert raised.value.fix is not None and "try again" in raised.value.fix
+        assert "cannot be written: database is locked" in str(raised.value)
+        assert raised.value.fix is not None and "another program holds" in raised.value.fix
     finally:
         holder.execute("ROLLBACK")
         holder.close()

@@ -98,7 +98,6 @@ class DeliveryWorker:
         self.name = name or worker_id()
         self.rng = rng or random.Random()
         self._stopping = asyncio.Event()
-        self._reconnect = Reconnect(log)
         self._wake = asyncio.Event()
         self._results: list[AttemptResult] = []
         # Deliveries put back without an attempt: (id, due again at).
@@ -153,6 +152,7 @@ class DeliveryWorker:
                     log.info("released %d leases on shutdown", released)
 
     async def _claim_loop(self) -> None:
+        reconnect = Reconnect(log)
         while not self._stopping.is_set():
             free = self.settings.concurrency - len(self._in_flight)
             if free <= 0:
@@ -179,9 +179,9 @@ class DeliveryWorker:
                 if not claimed:
                     await self._idle()
             except DatabaseUnavailable as exc:
-                await self._reconnect.pause(exc, self._stopping)
+                await reconnect.pause(exc, self._stopping)
                 continue
-            self._reconnect.reached()
+            reconnect.reached()
 
     def _over_share(self, delivery: ClaimedDelivery) -> bool:
         """Put ``delivery`` back for a moment if its target already holds its share of slots."""

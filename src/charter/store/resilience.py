@@ -11,7 +11,8 @@ The store does not decide anything: the functions it is given do.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -126,6 +127,19 @@ class ResilienceStore:
         self.engine = engine
         self.is_postgres = engine.dialect.name == "postgresql"
 
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A transaction; a lost database raises `DatabaseUnavailable`, for workers to wait
+        out."""
+        with unavailable_errors(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A connection to read with; a lost database raises `DatabaseUnavailable`."""
+        with unavailable_errors(), self.engine.connect() as conn:
+            yield conn
+
     def _now(self, conn: Connection) -> float:
         if self.is_postgres:
             return float(
@@ -144,7 +158,7 @@ class ResilienceStore:
         change: Callable[[Mapping[str, Any] | None, float], tuple[Mapping[str, Any], T]],
     ) -> T:
         """Run ``change(state or None, now)`` on a system's bucket row, locked; keep the state."""
-        with unavailable_errors(), self.engine.begin() as conn:
+        with self._begin() as conn:
             now = self._now(conn)
             locked = select(quota_buckets.c.state).where(quota_buckets.c.system == system)
             row = conn.execute(locked.with_for_update()).first()
@@ -179,7 +193,7 @@ class ResilienceStore:
     ) -> T:
         """Run ``change(record or None, now)`` on a breaker row, locked; store the record and
         the transitions it returns, in the same transaction."""
-        with unavailable_errors(), self.engine.begin() as conn:
+        with self._begin() as conn:
             now = self._now(conn)
             locked = select(breakers.c.record).where(breakers.c.key == str(key))
             row = conn.execute(locked.with_for_update()).first()
@@ -237,7 +251,7 @@ class ResilienceStore:
         the stored ones), new transitions, and quota use (added to the totals)."""
         if not (buckets or records or transitions or usage):
             return
-        with unavailable_errors(), self.engine.begin() as conn:
+        with self._begin() as conn:
             now = self._now(conn)
             for system, state in buckets.items():
                 values = {
@@ -266,7 +280,7 @@ class ResilienceStore:
 
     def add_usage(self, usage: list[UsageRow]) -> None:
         if usage:
-            with unavailable_errors(), self.engine.begin() as conn:
+            with self._begin() as conn:
                 self._add_usage(conn, usage, self._now(conn))
 
     def _add_usage(self, conn: Connection, usage: list[UsageRow], now: float) -> None:
@@ -306,7 +320,7 @@ class ResilienceStore:
         """
         if not items:
             return 0
-        with unavailable_errors(), self.engine.begin() as conn:
+        with self._begin() as conn:
             result = conn.execute(
                 update(deliveries)
                 .where(
@@ -328,12 +342,12 @@ class ResilienceStore:
     # reading
 
     def load_buckets(self) -> dict[str, dict[str, Any]]:
-        with unavailable_errors(), self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(select(quota_buckets.c.system, quota_buckets.c.state)).all()
         return {row.system: orjson.loads(row.state) for row in rows}
 
     def load_breakers(self) -> dict[BreakerKey, dict[str, Any]]:
-        with unavailable_errors(), self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(select(breakers.c.system, breakers.c.endpoint, breakers.c.record))
             return {BreakerKey(r.system, r.endpoint): orjson.loads(r.record) for r in rows}
 
@@ -341,11 +355,11 @@ class ResilienceStore:
         query = select(quota_usage).order_by(quota_usage.c.system, quota_usage.c.flow)
         if system is not None:
             query = query.where(quota_usage.c.system == system)
-        with unavailable_errors(), self.engine.connect() as conn:
+        with self._connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def now(self) -> float:
-        with unavailable_errors(), self.engine.connect() as conn:
+        with self._connect() as conn:
             return self._now(conn)
 
     def transitions(self, system: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -356,5 +370,5 @@ class ResilienceStore:
             .order_by(breaker_transitions.c.at.desc(), breaker_transitions.c.id.desc())
             .limit(limit)
         )
-        with unavailable_errors(), self.engine.connect() as conn:
+        with self._connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]

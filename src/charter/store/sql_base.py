@@ -147,12 +147,19 @@ def unavailable_errors() -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        if _unreachable(exc):
-            raise DatabaseUnavailable(
-                f"the database cannot be reached: {' '.join(str(exc.orig).split())}",
-                fix="check that the database is up and reachable; workers try again on their own",
-            ) from exc
-        raise
+        if not _unreachable(exc):
+            raise
+        locked = isinstance(exc.orig, sqlite3.Error)
+        raise DatabaseUnavailable(
+            f"the database cannot be {'written' if locked else 'reached'}: "
+            f"{' '.join(str(exc.orig).split())}",
+            fix=(
+                "another program holds the database file's lock; end its transaction"
+                if locked
+                else "check that the database server is up and reachable"
+            )
+            + "; workers wait and try again on their own",
+        ) from exc
 
 
 class Reconnect:
