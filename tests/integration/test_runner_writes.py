@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from charter.engine.registry import TaskHandler
 from charter.engine.runner import ProcessRunner, RunnerSettings, TaskContext
 from charter.errors import WriteRolledBack
 from charter.runtime import Hub
@@ -100,6 +103,31 @@ def hub(project_dir: Path, tmp_path: Path) -> Any:
     hub.close()
 
 
+@asynccontextmanager
+async def running(
+    hub: Hub,
+    store: Any,
+    tasks: dict[str, TaskHandler],
+    settings: RunnerSettings,
+    gate: threading.Event | None = None,
+) -> AsyncIterator[None]:
+    """A runner of ``tasks`` writing through ``store``, handed the starts of ``hub``; on
+    leaving, a held write is let through (``gate``) and the runner stopped."""
+    service = hub.processes
+    runner = ProcessRunner(
+        store, service.definitions, {}, tasks, "worker-1", settings, service.endings.ended
+    )
+    service.hand_starts_to(runner.name, runner.adopt, settings.lease_seconds)
+    task = asyncio.create_task(runner.run())
+    try:
+        yield
+    finally:
+        if gate is not None:
+            gate.set()
+        runner.stop()
+        await task
+
+
 def test_a_result_for_an_instance_being_written_waits_for_that_write(hub: Hub) -> None:
     service = hub.processes
     store = GatedStore(service.store)
@@ -114,19 +142,9 @@ def test_a_result_for_an_instance_being_written_waits_for_that_write(hub: Hub) -
             await slow_go.wait()
             return {"slow": True}
 
-        runner = ProcessRunner(
-            store,  # type: ignore[arg-type]
-            service.definitions,
-            {},
-            {"fast": fast, "slow": slow},
-            "worker-1",
-            # Two writes in flight even on SQLite, so that a second could start.
-            RunnerSettings(idle_poll=0.02, writes_in_flight=2),
-            on_ended=service.endings.ended,
-        )
-        service.hand_starts_to(runner.name, runner.adopt)
-        running = asyncio.create_task(runner.run())
-        try:
+        # Two writes in flight even on SQLite, so that a second could start.
+        settings = RunnerSettings(idle_poll=0.02, writes_in_flight=2)
+        async with running(hub, store, {"fast": fast, "slow": slow}, settings, store.gate):
             ident, _ = await service.start_async("two-branches", "B-1", {})
             # The fast branch's result is being written (held); now the slow one finishes.
             assert await asyncio.to_thread(store.held_first.wait, 10)
@@ -135,10 +153,6 @@ def test_a_result_for_an_instance_being_written_waits_for_that_write(hub: Hub) -
             assert store.spans == [], "a write went ahead of the held one"
             store.gate.set()
             return await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
-        finally:
-            store.gate.set()
-            runner.stop()
-            await running
 
     shown = asyncio.run(scenario())
     assert shown["status"] == "completed"
@@ -184,23 +198,10 @@ def test_a_write_rolled_back_lets_go_of_its_instances_and_the_runner_goes_on(
             calls.append(context.idempotency_key)
             return {"n": len(calls)}
 
-        runner = ProcessRunner(
-            store,  # type: ignore[arg-type]
-            service.definitions,
-            {},
-            {"count": count},
-            "worker-1",
-            RunnerSettings(idle_poll=0.02, lease_seconds=0.3),
-            on_ended=service.endings.ended,
-        )
-        service.hand_starts_to(runner.name, runner.adopt, 0.3)
-        running = asyncio.create_task(runner.run())
-        try:
+        settings = RunnerSettings(idle_poll=0.02, lease_seconds=0.3)
+        async with running(hub, store, {"count": count}, settings):
             ident, _ = await service.start_async("one-task", "R-1", {})
             return await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
-        finally:
-            runner.stop()
-            await running
 
     shown = asyncio.run(scenario())
     assert store.rolled_back, "no write was rolled back"
@@ -237,28 +238,14 @@ def test_a_lease_that_runs_out_during_its_own_write_is_not_taken_back_from_befor
             ran.append("two")
             return {}
 
-        runner = ProcessRunner(
-            store,  # type: ignore[arg-type]
-            service.definitions,
-            {},
-            {"one": one, "two": two},
-            "worker-1",
-            # Two writes in flight even on SQLite: the runner goes on claiming during one.
-            RunnerSettings(idle_poll=0.02, lease_seconds=0.1, writes_in_flight=2),
-            on_ended=service.endings.ended,
-        )
-        service.hand_starts_to(runner.name, runner.adopt, 0.1)
-        running = asyncio.create_task(runner.run())
-        try:
+        # Two writes in flight even on SQLite: the runner goes on claiming during one.
+        settings = RunnerSettings(idle_poll=0.02, lease_seconds=0.1, writes_in_flight=2)
+        async with running(hub, store, {"one": one, "two": two}, settings, store.gate):
             ident, _ = await service.start_async("two-tasks", "L-1", {})
             assert await asyncio.to_thread(store.held_first.wait, 10)
             await asyncio.sleep(0.5)  # the lease runs out; the runner claims, again and again
             store.gate.set()
             return await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
-        finally:
-            store.gate.set()
-            runner.stop()
-            await running
 
     shown = asyncio.run(scenario())
     assert shown["status"] == "completed"
