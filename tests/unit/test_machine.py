@@ -1271,6 +1271,30 @@ def test_outstanding_repeats_the_current_attempt_not_a_new_one() -> None:
     assert run.outstanding() == issued  # asking does not change the state
 
 
+def test_what_a_handler_does_with_a_reissued_input_does_not_reach_the_state() -> None:
+    definition = process(
+        """
+        steps:
+          - id: pack
+            task: {handler: pack, input: {order: {from: input.order}}}
+          - id: ship
+            call: {system: wms, path: /shipments, body: {order: {from: input.order}}}
+        """
+    )
+    run = Run(definition, {"order": {"lines": ["A-1"]}})
+    before = orjson.loads(orjson.dumps(run.state))
+    (task,) = run.outstanding()
+    assert isinstance(task, RunTask)
+    task.input["order"]["lines"].append("B-2")
+    assert run.state == before
+    run.send(ok("pack"))
+    before = orjson.loads(orjson.dumps(run.state))
+    (call,) = run.outstanding()
+    assert isinstance(call, Call) and call.body == {"order": {"lines": ["A-1"]}}
+    call.body["order"]["lines"].clear()
+    assert run.state == before
+
+
 def test_outstanding_includes_a_compensation_in_flight_but_not_one_waiting_to_retry() -> None:
     run = saga_at_notify()
     run.send(failed("notify"))

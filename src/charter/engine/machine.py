@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,6 +106,34 @@ def _shown(command: Command) -> dict[str, Any]:
     text = orjson.dumps(payload).decode()
     shown["body"] = payload if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
     return shown
+
+
+def _effect(step: CompiledStep, attempt: int, context: dict[str, Any], key: str) -> Call | RunTask:
+    """The call or task of ``step``'s attempt ``attempt``, its body or input mapped from
+    ``context``. Building it changes nothing, so the same attempt builds the same command
+    again after a crash."""
+    spec = step.spec
+    if spec.call is not None:
+        assert step.path is not None
+        return Call(
+            step=step.id,
+            attempt=attempt,
+            idempotency_key=key,
+            system=spec.call.system,
+            method=spec.call.method,
+            path=step.path.fill(context, f"step {step.id}"),
+            body=step.body.apply(context) if step.body else None,
+            timeout=spec.timeout,
+        )
+    assert spec.task is not None
+    return RunTask(
+        step=step.id,
+        attempt=attempt,
+        idempotency_key=key,
+        handler=spec.task.handler,
+        input=step.task_input.apply(context) if step.task_input else {},
+        timeout=spec.timeout,
+    )
 
 
 def new_state(instance: str, business_key: str, input_: Any) -> dict[str, Any]:
@@ -354,38 +383,13 @@ class _Run:
 
     def attempt(self, step: CompiledStep) -> None:
         """Issue the call or task of ``step`` once more."""
-        spec, entry = step.spec, self.st(step.id)
+        entry = self.st(step.id)
         entry["attempt"] = int(entry.get("attempt", 0)) + 1
         entry["status"] = STEP_RUNNING
-        attempt = entry["attempt"]
-        if spec.call is not None:
-            assert step.path is not None
-            self.commands.append(
-                Call(
-                    step=step.id,
-                    attempt=attempt,
-                    idempotency_key=self.key(step.id),
-                    system=spec.call.system,
-                    method=spec.call.method,
-                    path=step.path.fill(self.context, f"step {step.id}"),
-                    body=step.body.apply(self.context) if step.body else None,
-                    timeout=spec.timeout,
-                )
-            )
-        else:
-            assert spec.task is not None
-            self.commands.append(
-                RunTask(
-                    step=step.id,
-                    attempt=attempt,
-                    idempotency_key=self.key(step.id),
-                    handler=spec.task.handler,
-                    input=step.task_input.apply(self.context) if step.task_input else {},
-                    timeout=spec.timeout,
-                )
-            )
+        command = _effect(step, entry["attempt"], self.context, self.key(step.id))
+        self.commands.append(command)
         if self.recording:
-            self.log(step.id, "attempt", attempt=attempt, request=_shown(self.commands[-1]))
+            self.log(step.id, "attempt", attempt=command.attempt, request=_shown(command))
 
     def complete(self, step: CompiledStep, output: Any) -> None:
         entry = self.st(step.id)
@@ -853,6 +857,31 @@ def outstanding(definition: Definition, state: dict[str, Any]) -> list[Command]:
     steps: dict[str, Any] = state["steps"]
     if not any(e["status"] in (STEP_RUNNING, UNDOING) for e in steps.values()):
         return []
+    if any(e["status"] == UNDOING for e in steps.values()):
+        return _outstanding_undoing(definition, state)
+    # Calls and tasks only: each is built from its attempt and the context, as it was
+    # issued. Bodies and inputs are copied, so that what a handler does with its input
+    # cannot reach the state.
+    context = state["context"]
+    instance = str(context["instance"]["id"])
+    commands: list[Command] = []
+    for sid, entry in steps.items():
+        step = definition.steps.get(sid)
+        if step is None or entry["status"] != STEP_RUNNING or step.kind not in EFFECT_KINDS:
+            continue
+        command = _effect(step, int(entry["attempt"]), context, f"{instance}:{sid}")
+        if isinstance(command, Call) and command.body is not None:
+            command = replace(command, body=orjson.loads(orjson.dumps(command.body)))
+        elif isinstance(command, RunTask) and step.task_input is not None:
+            command = replace(command, input=orjson.loads(orjson.dumps(command.input)))
+        commands.append(command)
+    return commands
+
+
+def _outstanding_undoing(definition: Definition, state: dict[str, Any]) -> list[Command]:
+    """`outstanding` for a state with compensations under way, which are issued again
+    through the same steps that issued them, on a private copy of the state."""
+    steps: dict[str, Any] = state["steps"]
     # Re-issuing changes only step entries (and, for a compensation that cannot be built,
     # the status); the context is copied too, as commands may carry parts of it to handlers.
     private = {
@@ -871,11 +900,7 @@ def outstanding(definition: Definition, state: dict[str, Any]) -> list[Command]:
         if step is None:
             continue
         if entry["status"] == STEP_RUNNING and step.kind in EFFECT_KINDS:
-            entry = dict(entry)
-            run.s["steps"][sid]["attempt"] = int(entry["attempt"]) - 1
-            run.commands = []
-            run.attempt(step)
-            commands.extend(run.commands)
+            commands.append(_effect(step, int(entry["attempt"]), run.context, run.key(sid)))
         elif (
             entry["status"] == UNDOING
             and not entry.get("undo_failed")
