@@ -246,7 +246,16 @@ class ProcessWorld(RuleBasedStateMachine):
 
     def send(self, instance: Instance, event: Event) -> Transition:
         before = instance.status
+        handed = orjson.loads(orjson.dumps(instance.state))
         transition = advance(instance.definition, instance.state, event)
+        # A runner hands its state over (changed in place where the event allows): the
+        # same transition, to the last timeline entry.
+        owned = advance(instance.definition, handed, event, owned=True)
+        assert (owned.state, owned.commands, owned.history) == (
+            transition.state,
+            transition.commands,
+            transition.history,
+        ), f"{event} went another way on a state handed over"
         self.take(instance, transition, before)
         return transition
 

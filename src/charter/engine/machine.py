@@ -828,9 +828,28 @@ def start(
     return run.done()
 
 
-def advance(definition: Definition, state: dict[str, Any], event: Event) -> Transition:
-    """Apply one event; raises :class:`InvalidOperation` for an operation that does not apply."""
-    run = _Run(definition, state, event.now)
+# Events that are never refused: what they do not apply to, they ignore.
+_NEVER_REFUSED = (
+    StepSucceeded,
+    StepFailed,
+    TimerFired,
+    EventReceived,
+    SignalReceived,
+    ChildFinished,
+)
+
+
+def advance(
+    definition: Definition, state: dict[str, Any], event: Event, *, owned: bool = False
+) -> Transition:
+    """Apply one event; raises :class:`InvalidOperation` for an operation that does not apply.
+
+    ``state`` is left as it is. With ``owned``, the caller hands ``state`` over and reads it
+    no more: an event that is never refused (a result, a timer, a matched event or signal,
+    a child's end) then changes it in place and returns it as the new state, which spares
+    a copy of the whole state; an operation, which may be refused part way through, still
+    works on a copy."""
+    run = _Run(definition, state, event.now, copy=not (owned and isinstance(event, _NEVER_REFUSED)))
     run.apply(event)
     return run.done()
 

@@ -108,7 +108,11 @@ class Planner:
         new: bool = False,
         consumed: list[int] | None = None,
         keep_lease: bool = False,
+        waits_before: list[WaitRow] | None = None,
     ) -> InstanceWrite:
+        """The write of ``transition`` of ``record``. ``waits_before`` are the waits of the
+        state before the transition, when that state was handed to it (``machine.advance``
+        with ``owned``) and ``record.state`` is already the new one."""
         state = transition.state
         definition = self.definitions.get(record.process, record.version)
         effects = machine.outstanding(definition, state)
@@ -126,7 +130,9 @@ class Planner:
         # whoever takes the lease over issues them again.
         wake = now if effects else machine.next_wake(state)
         waits = wait_rows(state)
-        before = set() if new else set(wait_rows(record.state))
+        if waits_before is None:
+            waits_before = [] if new else wait_rows(record.state)
+        before = set(waits_before)
         write = InstanceWrite(
             instance=updated,
             new=new,

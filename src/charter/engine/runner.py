@@ -43,7 +43,7 @@ from charter.engine.messages import (
     Terminate,
     Transition,
 )
-from charter.engine.persist import Planner
+from charter.engine.persist import Planner, wait_rows
 from charter.engine.registry import Definitions, TaskHandler, is_async
 from charter.errors import (
     CharterError,
@@ -381,9 +381,17 @@ class ProcessRunner:
                     continue
                 if instance in unread:
                     continue  # held, until a claim reads its inbox
+            waits = wait_rows(held.record.state)  # before `_apply` changes the state in place
             transition = self._apply(held, events, now)
             writes.append(
-                self.planner.write(held.record, transition, now, consumed=consumed, keep_lease=True)
+                self.planner.write(
+                    held.record,
+                    transition,
+                    now,
+                    consumed=consumed,
+                    keep_lease=True,
+                    waits_before=waits,
+                )
             )
             holds.append(held)
         if not writes:
@@ -454,11 +462,14 @@ class ProcessRunner:
             self.on_ended(ended)
 
     def _apply(self, held: _Held, events: list[Event], now: float) -> Transition:
+        """Apply ``events`` to the held state, which they may change in place: the runner
+        reads it no more until the write commits (the instance is being written meanwhile:
+        no tick looks at it), and a write that does not commit lets go of the instance."""
         state = held.record.state
         combined = Transition(state)
         for event in events:
             try:
-                step = machine.advance(held.definition, state, event)
+                step = machine.advance(held.definition, state, event, owned=True)
             except InvalidOperation as exc:
                 combined.history.append({"at": now, "what": "refused", "reason": str(exc)})
                 continue
