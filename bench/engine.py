@@ -3,7 +3,7 @@
 The workload is a process of three no-op steps. On Charter it runs as a user
 runs it: ``charter up`` on SQLite, ``charter server`` plus ``charter worker``
 on PostgreSQL, each in a child process on a fresh database, with instances
-started through the API. Two processes are measured:
+started through the API. Four variants are measured:
 
 - ``noop`` (the headline, the one the targets apply to): three ``call``
   steps, each a POST to the no-op target simulator, which answers ``200 {}``
@@ -13,6 +13,10 @@ started through the API. Two processes are measured:
 - ``noop`` again with batched starts: the same instances started through
   ``POST /v1/processes/{name}/instances/batch``, 50 per request over 4
   connections, which takes the API's per-request cost off the engine;
+- ``noop-task``: three ``task`` steps, each a registered ``async`` handler
+  that returns ``{}``, committed before it runs and again with its result:
+  DBOS's workload without the HTTP calls (its ratios are reported as
+  ``ratio_task_instances`` and ``ratio_task_p99``);
 - ``noop-transform``: three ``transform`` steps, which the engine runs inside
   the start's own transaction: the engine alone, with no worker involved
   (left out by ``--quick`` unless ``--steps transform`` or ``all``).
@@ -53,7 +57,7 @@ and database, after the throughput phase.
 Usage::
 
     python bench/engine.py [--quick] [--db sqlite|postgresql|both]
-                           [--steps call|batch|transform|all] [--instances N]
+                           [--steps call|batch|task|transform|all] [--instances N]
                            [--sequential N] [--runs R]
 
 Progress goes to stderr; stdout carries one table per database and, as its
@@ -210,7 +214,7 @@ class Sizes:
     sequential: int
 
 
-# Quick stays under a minute for both databases and both engines, with call steps only: DBOS on
+# Quick stays under a minute for both databases and both engines, transform steps left out: DBOS on
 # SQLite runs 13 to 76 workflows/s on the machine in docs/performance.md, as fast as the disk
 # syncs at the moment, so 300 of them take up to 25 s.
 QUICK = Sizes(instances=300, sequential=50)
