@@ -16,7 +16,7 @@ import pytest
 
 from charter.engine.registry import TaskHandler
 from charter.engine.runner import ProcessRunner, RunnerSettings, TaskContext
-from charter.errors import WriteRolledBack
+from charter.errors import DatabaseUnavailable, StoreError, WriteRolledBack
 from charter.runtime import Hub
 from charter.store.processes import InstanceWrite, SqlProcessStore, WriteResult
 
@@ -167,11 +167,19 @@ def test_a_result_for_an_instance_being_written_waits_for_that_write(hub: Hub) -
 
 
 class RollingBackStore:
-    """The store, with the runner's first group write rolled back, as PostgreSQL rolls back
-    one side of a deadlock (after the store's own attempts)."""
+    """The store, with the runner's first group write refused with ``error``: rolled back,
+    as PostgreSQL rolls back one side of a deadlock (after the store's own attempts), or
+    lost with the connection after it committed (``committed``)."""
 
-    def __init__(self, store: SqlProcessStore) -> None:
+    def __init__(
+        self,
+        store: SqlProcessStore,
+        error: StoreError | None = None,
+        committed: bool = False,
+    ) -> None:
         self._store = store
+        self.error = error or WriteRolledBack("deadlock detected", fix="run it again")
+        self.committed = committed
         self.rolled_back: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -182,7 +190,9 @@ class RollingBackStore:
     ) -> list[WriteResult]:
         if not self.rolled_back:
             self.rolled_back = [w.instance.id for w in writes]
-            raise WriteRolledBack("deadlock detected", fix="run it again")
+            if self.committed:
+                self._store.write(worker, writes, lease_seconds)
+            raise self.error
         return self._store.write(worker, writes, lease_seconds)
 
 
@@ -210,6 +220,51 @@ def test_a_write_rolled_back_lets_go_of_its_instances_and_the_runner_goes_on(
     assert len(calls) == 2 and calls[0] == calls[1]
     assert shown["context"]["steps"]["only"] == {"n": 2}
     assert "could not be committed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("error", "committed"),
+    [
+        (WriteRolledBack("deadlock detected", fix="run it again"), False),
+        (DatabaseUnavailable("server closed the connection unexpectedly", fix="wait"), True),
+        (DatabaseUnavailable("server closed the connection unexpectedly", fix="wait"), False),
+    ],
+    ids=["rolled-back", "lost-after-commit", "lost-before-commit"],
+)
+def test_an_instance_let_go_of_is_taken_up_again_without_waiting_out_its_lease(
+    hub: Hub, error: StoreError, committed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runner lets go of the instances of a write that did not, or may not have,
+    committed; they are still leased to it in the store. It releases those leases, so the
+    instance goes on at once rather than when its 30-second lease runs out."""
+    service = hub.processes
+    store = RollingBackStore(service.store, error, committed)
+    calls: list[str] = []
+
+    async def scenario() -> tuple[dict[str, Any], float]:
+        async def task(data: Any, context: TaskContext) -> dict[str, Any]:
+            calls.append(context.idempotency_key)
+            return {}
+
+        settings = RunnerSettings(idle_poll=0.02)
+        assert settings.lease_seconds >= 30
+        async with running(hub, store, {"one": task, "two": task}, settings):
+            began = time.monotonic()
+            ident, _ = await service.start_async("two-tasks", "G-1", {})
+            shown = await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
+            return shown, time.monotonic() - began
+
+    caplog.set_level("INFO", logger="charter.engine")
+    shown, took = asyncio.run(scenario())
+    # The refused write was step one's result, with step two started.
+    assert store.rolled_back == [shown["id"]]
+    assert shown["status"] == "completed"
+    assert took < 5, f"the instance waited {took:.1f} s for its lease"
+    assert "released 1 instances let go of" in caplog.text
+    one, two = (f"{shown['id']}:{step}" for step in ("one", "two"))
+    # Stored, step one's result stands and the instance goes on with step two; not stored,
+    # step one runs again under the same key.
+    assert calls == ([one, two] if committed else [one, one, two])
 
 
 class LapsingStore(GatedStore):

@@ -170,6 +170,10 @@ class ProcessRunner:
         self._writing: Counter[str] = Counter()
         # An inbox item was left for an instance being written: claim again after.
         self._reread_inbox = False
+        # Instances let go of after a write that did not (or may not) commit: still leased
+        # to this runner in the store, released at the next turn so that they need not
+        # wait for their leases to run out.
+        self._let_go: set[str] = set()
         self.transitions = 0
 
     def wake(self) -> None:
@@ -222,6 +226,8 @@ class ProcessRunner:
         try:
             while not self._stopping.is_set():
                 try:
+                    if self._let_go:
+                        await self._release_let_go()
                     worked = await self._tick()
                     if not worked:
                         await self._idle()
@@ -253,6 +259,15 @@ class ProcessRunner:
                 self.settings.lease_seconds,
                 exc,
             )
+
+    async def _release_let_go(self) -> None:
+        """Release the leases of the instances let go of (`_commit`), unless held again."""
+        ids = self._let_go - self._held.keys()
+        released = await asyncio.to_thread(self.store.release, self.name, ids)
+        self._let_go -= ids
+        if released:
+            log.info("released %d instances let go of; whoever claims them goes on", released)
+            self._poked = True  # this runner may claim them itself
 
     async def _written(self) -> None:
         """Wait until every group write in flight is committed (raising what one raised)."""
@@ -429,7 +444,8 @@ class ProcessRunner:
             self._wake.set()
         if rolled_back is not None:
             # Nothing of the write is known to be stored: let go of its instances, as of a
-            # lost lease; whoever leases them next goes on from what is stored.
+            # lost lease, and release them at the next turn (`_release_let_go`); whoever
+            # claims them next goes on from what is stored.
             log.warning(
                 "let go of %d instances whose transitions %s committed: %s",
                 len(writes),
@@ -439,6 +455,7 @@ class ProcessRunner:
             for write, held in zip(writes, holds, strict=True):
                 if self._held.get(write.instance.id) is held:
                     self._held.pop(write.instance.id)
+                    self._let_go.add(write.instance.id)
             return
         ended: list[str] = []
         for write, held, outcome in zip(writes, holds, outcomes, strict=True):

@@ -994,13 +994,16 @@ class SqlProcessStore:
 
         retried(extend)
 
-    def release(self, worker: str | None) -> int:
-        """Release the leases of ``worker`` (every lease when None: embedded start-up)."""
+    def release(self, worker: str | None, ids: Collection[str] | None = None) -> int:
+        """Release the leases of ``worker`` (every lease when None: embedded start-up), or
+        only those of the instances ``ids``."""
         owned = (
             process_instances.c.lease_owner.is_not(None)
             if worker is None
             else process_instances.c.lease_owner == worker
         )
+        if ids is not None:
+            owned = and_(owned, process_instances.c.id.in_(list(ids)))
         with self.store._write() as conn:
             now = self.store._now(conn)
             # A released instance may have calls in flight: make it due at once.
