@@ -181,9 +181,21 @@ class RollingBackStore:
         self.error = error or WriteRolledBack("deadlock detected", fix="run it again")
         self.committed = committed
         self.rolled_back: list[str] = []
+        # Releases refused while the database is away, before the one that goes through.
+        self.releases_refused = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+    def release(self, worker: str | None, ids: Any = None) -> int:
+        if (
+            ids is not None
+            and self.releases_refused < 1
+            and isinstance(self.error, DatabaseUnavailable)
+        ):
+            self.releases_refused += 1
+            raise DatabaseUnavailable("the database is still starting up", fix="wait")
+        return self._store.release(worker, ids)
 
     def write(
         self, worker: str | None, writes: list[InstanceWrite], lease_seconds: float = 30.0
@@ -261,6 +273,9 @@ def test_an_instance_let_go_of_is_taken_up_again_without_waiting_out_its_lease(
     assert shown["status"] == "completed"
     assert took < 5, f"the instance waited {took:.1f} s for its lease"
     assert "released 1 instances let go of" in caplog.text
+    if isinstance(error, DatabaseUnavailable):
+        # The first release found the database still away; it was tried again.
+        assert store.releases_refused == 1
     one, two = (f"{shown['id']}:{step}" for step in ("one", "two"))
     # Stored, step one's result stands and the instance goes on with step two; not stored,
     # step one runs again under the same key.

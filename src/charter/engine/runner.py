@@ -262,7 +262,10 @@ class ProcessRunner:
 
     async def _release_let_go(self) -> None:
         """Release the leases of the instances let go of (`_commit`), unless held again."""
-        ids = self._let_go - self._held.keys()
+        self._let_go -= self._held.keys()  # claimed again meanwhile: their leases are in use
+        if not self._let_go:
+            return
+        ids = set(self._let_go)
         released = await asyncio.to_thread(self.store.release, self.name, ids)
         self._let_go -= ids
         if released:
