@@ -229,7 +229,10 @@ def test_a_worker_whose_database_connections_are_cut_goes_on_once_it_answers(
         log = worker.log_tail(200)
 
     assert cut >= 5
-    assert "the database cannot be reached" in log and "trying again in" in log, log
+    # The worker met the cuts: a loop waited and tried again, or a write that may not have
+    # been committed let go of its instances (which of the two depends on the moment).
+    assert "the database cannot be reached" in log, log
+    assert "trying again in" in log or "may not have been committed" in log, log
     assert counts == {"completed": 300}
     assert_delivered_once(stats, erp, ids)
 

@@ -4,7 +4,8 @@ worker took over writes nothing, a write the database refuses fails with the sto
 naming the cause and the fix, and leaves nothing of the group behind, and a write caught in a
 deadlock is run again. A claim reads the inboxes of what its worker holds and leaves out what
 it is writing, and on PostgreSQL finds what it reads by index, however many instances have
-ended. A worker releases only the leases it names, and only its own."""
+ended. A worker releases only the leases it names, and only its own, and takes up what
+is leased to it that it does not hold."""
 
 from __future__ import annotations
 
@@ -128,6 +129,23 @@ def test_a_worker_releases_only_the_leases_it_names(store: SqlStore) -> None:
     assert processes.release("worker-1", []) == 0
     assert processes.release("worker-1") == 1  # all of worker-1's: the one it kept
     assert processes.release("worker-2") == 1
+
+
+def test_a_worker_takes_up_what_is_leased_to_it_and_it_does_not_hold(store: SqlStore) -> None:
+    processes = SqlProcessStore(store)
+    processes.write(None, [start("T-1"), start("T-2"), start("T-3")])
+    # worker-1's claim of two went through, but its answer never reached it.
+    lost = sorted(r.id for r in processes.claim("worker-1", 2, 0.5).instances)
+    [theirs] = processes.claim("worker-2", 10, 30.0).instances
+    held = lost[0]
+
+    found = processes.reclaim("worker-1", 30.0, [held])
+    assert [r.id for r in found] == lost[1:]
+    assert found[0].state == {"status": "running"}
+    assert theirs.id not in [r.id for r in found]
+    # The lost claim's leases were short; the one taken up was renewed, the other not.
+    time.sleep(0.6)
+    assert [r.id for r in processes.claim("worker-3", 10, 30.0).instances] == [held]
 
 
 @pytest.mark.parametrize("wait", [False, True], ids=["plain", "with-a-wait"])

@@ -282,6 +282,55 @@ def test_an_instance_let_go_of_is_taken_up_again_without_waiting_out_its_lease(
     assert calls == ([one, two] if committed else [one, one, two])
 
 
+class LostClaimStore:
+    """The store, with the runner's first claim that leases anything committed but its
+    answer lost with the connection."""
+
+    def __init__(self, store: SqlProcessStore) -> None:
+        self._store = store
+        self.lost: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def claim(self, worker: str, limit: int, lease_seconds: float, busy: Any = ()) -> Any:
+        claimed = self._store.claim(worker, limit, lease_seconds, busy)
+        if claimed.instances and not self.lost:
+            self.lost = [r.id for r in claimed.instances]
+            raise DatabaseUnavailable("server closed the connection unexpectedly", fix="wait")
+        return claimed
+
+
+def test_what_a_lost_claim_leased_is_taken_up_without_waiting_out_its_lease(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = hub.processes
+    store = LostClaimStore(service.store)
+    calls: list[str] = []
+
+    async def scenario() -> tuple[dict[str, Any], float]:
+        async def task(data: Any, context: TaskContext) -> dict[str, Any]:
+            calls.append(context.idempotency_key)
+            return {}
+
+        settings = RunnerSettings(idle_poll=0.02)
+        assert settings.lease_seconds >= 30
+        async with running(hub, store, {"one": task, "two": task}, settings):
+            began = time.monotonic()
+            # Started without being handed to the runner: it has to claim it.
+            ident, _ = await asyncio.to_thread(service.start, "two-tasks", "C-1", {})
+            shown = await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
+            return shown, time.monotonic() - began
+
+    caplog.set_level("INFO", logger="charter.engine")
+    shown, took = asyncio.run(scenario())
+    assert store.lost == [shown["id"]]
+    assert shown["status"] == "completed"
+    assert took < 5, f"the instance waited {took:.1f} s for its lease"
+    assert "took up 1 instances a lost claim had leased" in caplog.text
+    assert calls == [f"{shown['id']}:one", f"{shown['id']}:two"]
+
+
 class LapsingStore(GatedStore):
     """A gated store whose leases are never renewed: they run out while a write is held."""
 

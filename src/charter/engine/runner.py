@@ -174,6 +174,11 @@ class ProcessRunner:
         # to this runner in the store, released at the next turn so that they need not
         # wait for their leases to run out.
         self._let_go: set[str] = set()
+        # Set when a claim's answer was lost with the connection: it may have leased
+        # instances to this runner that it never heard of; they are taken up at the next
+        # turn (`_reclaim`) rather than when their leases run out.
+        self._claim_lost = False
+        self._reclaimed: list[InstanceRecord] = []
         self.transitions = 0
 
     def wake(self) -> None:
@@ -228,6 +233,8 @@ class ProcessRunner:
                 try:
                     if self._let_go:
                         await self._release_let_go()
+                    if self._claim_lost:
+                        await self._reclaim()
                     worked = await self._tick()
                     if not worked:
                         await self._idle()
@@ -271,6 +278,20 @@ class ProcessRunner:
         if released:
             log.info("released %d instances let go of; whoever claims them goes on", released)
             self._poked = True  # this runner may claim them itself
+
+    async def _reclaim(self) -> None:
+        """Take up what a claim whose answer was lost leased to this runner: the instances
+        leased to it that it neither holds nor is writing. They are held at the next tick,
+        as claimed; one held meanwhile (started here and handed over) stays as it is."""
+        known = self._held.keys() | self._writing.keys()
+        found = await asyncio.to_thread(
+            self.store.reclaim, self.name, self.settings.lease_seconds, known
+        )
+        self._claim_lost = False
+        if found:
+            log.info("took up %d instances a lost claim had leased to this worker", len(found))
+            self._reclaimed.extend(found)
+            self._wake.set()
 
     async def _written(self) -> None:
         """Wait until every group write in flight is committed (raising what one raised)."""
@@ -341,15 +362,25 @@ class ProcessRunner:
             if told or await asyncio.to_thread(self.store.anything_to_claim):
                 capacity = self.settings.max_in_flight - len(self._held)
                 limit = min(self.settings.batch_size, capacity)
-                claimed = await asyncio.to_thread(
-                    self.store.claim, self.name, limit, self.settings.lease_seconds, writing
-                )
+                try:
+                    claimed = await asyncio.to_thread(
+                        self.store.claim, self.name, limit, self.settings.lease_seconds, writing
+                    )
+                except DatabaseUnavailable:
+                    self._claim_lost = True  # it may have committed all the same
+                    raise
                 now = time.time()
         # Results for instances being written wait for that write; the rest are applied.
         results = [r for r in self._results if r[0] not in self._writing]
         self._results = [r for r in self._results if r[0] in self._writing]
         touched: dict[str, tuple[list[Event], list[int]]] = {}
         unread: set[str] = set()
+        reclaimed, self._reclaimed = self._reclaimed, []
+        for record in reclaimed:
+            if record.id in self._held or record.id in self._writing:
+                continue  # held since: handed over by a start in this process
+            if self._hold(record) is not None:
+                touched[record.id] = ([], [])
         for record in claimed.instances:
             if self._hold(record) is None:
                 continue

@@ -994,6 +994,25 @@ class SqlProcessStore:
 
         retried(extend)
 
+    def reclaim(
+        self, worker: str, lease_seconds: float, held: Collection[str]
+    ) -> list[InstanceRecord]:
+        """The instances leased to ``worker`` that it does not hold (``held``), their leases
+        renewed: those of a claim whose answer was lost with the connection, which the
+        worker never heard of. (A scan of the table: for after a lost connection only.)"""
+        with self.store._write() as conn:
+            now = self.store._now(conn)
+            rows = conn.execute(
+                update(process_instances)
+                .where(
+                    process_instances.c.lease_owner == worker,
+                    process_instances.c.id.not_in(list(held)),
+                )
+                .values(lease_expires_at=now + lease_seconds)
+                .returning(*process_instances.c)
+            ).all()
+        return [_record(r) for r in sorted(rows, key=lambda r: str(r.id))]
+
     def release(self, worker: str | None, ids: Collection[str] | None = None) -> int:
         """Release the leases of ``worker`` (every lease when None: embedded start-up), or
         only those of the instances ``ids``."""
