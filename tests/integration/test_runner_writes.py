@@ -234,6 +234,36 @@ def test_a_write_rolled_back_lets_go_of_its_instances_and_the_runner_goes_on(
     assert "could not be committed" in caplog.text
 
 
+def two_tasks_under_a_full_lease(
+    hub: Hub, store: Any, start: str
+) -> tuple[dict[str, Any], float, list[str]]:
+    """Run an instance of ``two-tasks`` through ``store`` with the default lease (30 s),
+    started handed over to the runner (``start="handed"``) or left for it to claim
+    (``"claimed"``): the instance as it ended, how long it took, and the keys its tasks
+    ran under, in order."""
+    service = hub.processes
+    calls: list[str] = []
+
+    async def scenario() -> tuple[dict[str, Any], float]:
+        async def task(data: Any, context: TaskContext) -> dict[str, Any]:
+            calls.append(context.idempotency_key)
+            return {}
+
+        settings = RunnerSettings(idle_poll=0.02)
+        assert settings.lease_seconds >= 30
+        async with running(hub, store, {"one": task, "two": task}, settings):
+            began = time.monotonic()
+            if start == "handed":
+                ident, _ = await service.start_async("two-tasks", "G-1", {})
+            else:
+                ident, _ = await asyncio.to_thread(service.start, "two-tasks", "G-1", {})
+            shown = await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
+            return shown, time.monotonic() - began
+
+    shown, took = asyncio.run(scenario())
+    return shown, took, calls
+
+
 @pytest.mark.parametrize(
     ("error", "committed"),
     [
@@ -249,25 +279,9 @@ def test_an_instance_let_go_of_is_taken_up_again_without_waiting_out_its_lease(
     """The runner lets go of the instances of a write that did not, or may not have,
     committed; they are still leased to it in the store. It releases those leases, so the
     instance goes on at once rather than when its 30-second lease runs out."""
-    service = hub.processes
-    store = RollingBackStore(service.store, error, committed)
-    calls: list[str] = []
-
-    async def scenario() -> tuple[dict[str, Any], float]:
-        async def task(data: Any, context: TaskContext) -> dict[str, Any]:
-            calls.append(context.idempotency_key)
-            return {}
-
-        settings = RunnerSettings(idle_poll=0.02)
-        assert settings.lease_seconds >= 30
-        async with running(hub, store, {"one": task, "two": task}, settings):
-            began = time.monotonic()
-            ident, _ = await service.start_async("two-tasks", "G-1", {})
-            shown = await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
-            return shown, time.monotonic() - began
-
+    store = RollingBackStore(hub.processes.store, error, committed)
     caplog.set_level("INFO", logger="charter.engine")
-    shown, took = asyncio.run(scenario())
+    shown, took, calls = two_tasks_under_a_full_lease(hub, store, "handed")
     # The refused write was step one's result, with step two started.
     assert store.rolled_back == [shown["id"]]
     assert shown["status"] == "completed"
@@ -304,26 +318,10 @@ class LostClaimStore:
 def test_what_a_lost_claim_leased_is_taken_up_without_waiting_out_its_lease(
     hub: Hub, caplog: pytest.LogCaptureFixture
 ) -> None:
-    service = hub.processes
-    store = LostClaimStore(service.store)
-    calls: list[str] = []
-
-    async def scenario() -> tuple[dict[str, Any], float]:
-        async def task(data: Any, context: TaskContext) -> dict[str, Any]:
-            calls.append(context.idempotency_key)
-            return {}
-
-        settings = RunnerSettings(idle_poll=0.02)
-        assert settings.lease_seconds >= 30
-        async with running(hub, store, {"one": task, "two": task}, settings):
-            began = time.monotonic()
-            # Started without being handed to the runner: it has to claim it.
-            ident, _ = await asyncio.to_thread(service.start, "two-tasks", "C-1", {})
-            shown = await asyncio.wait_for(service.get_when_ended(ident, 10, recheck=0.1), 15)
-            return shown, time.monotonic() - began
-
+    store = LostClaimStore(hub.processes.store)
     caplog.set_level("INFO", logger="charter.engine")
-    shown, took = asyncio.run(scenario())
+    # Started without being handed to the runner: it has to claim it.
+    shown, took, calls = two_tasks_under_a_full_lease(hub, store, "claimed")
     assert store.lost == [shown["id"]]
     assert shown["status"] == "completed"
     assert took < 5, f"the instance waited {took:.1f} s for its lease"
