@@ -4,8 +4,7 @@ worker took over writes nothing, a write the database refuses fails with the sto
 naming the cause and the fix, and leaves nothing of the group behind, and a write caught in a
 deadlock is run again. A claim reads the inboxes of what its worker holds and leaves out what
 it is writing, and on PostgreSQL finds what it reads by index, however many instances have
-ended. A worker releases only the leases it names, and only its own, and takes up what
-is leased to it that it does not hold."""
+ended. A worker takes up what is leased to it that it does not hold."""
 
 from __future__ import annotations
 
@@ -113,22 +112,6 @@ def test_a_claim_reads_the_inbox_of_what_its_worker_already_holds(
     assert [r.id for r in again.instances] == ([] if limit == 0 else other)
     assert [(i.kind, i.body) for i in again.inbox[held[0].id]] == [("signal", {"name": "go"})]
     assert list(again.inbox) == [held[0].id]
-
-
-def test_a_worker_releases_only_the_leases_it_names(store: SqlStore) -> None:
-    processes = SqlProcessStore(store)
-    processes.write(None, [start("R-1"), start("R-2"), start("R-3")])
-    mine = {r.id for r in processes.claim("worker-1", 2, 30.0).instances}
-    [theirs] = processes.claim("worker-2", 10, 30.0).instances
-    let_go, _ = sorted(mine)
-
-    # Another worker's lease is not the caller's to release, even when named.
-    assert processes.release("worker-1", [let_go, theirs.id]) == 1
-    # The released instance is due at once; the others stay leased.
-    assert [r.id for r in processes.claim("worker-3", 10, 30.0).instances] == [let_go]
-    assert processes.release("worker-1", []) == 0
-    assert processes.release("worker-1") == 1  # all of worker-1's: the one it kept
-    assert processes.release("worker-2") == 1
 
 
 def test_a_worker_takes_up_what_is_leased_to_it_and_it_does_not_hold(store: SqlStore) -> None:

@@ -181,21 +181,17 @@ class RollingBackStore:
         self.error = error or WriteRolledBack("deadlock detected", fix="run it again")
         self.committed = committed
         self.rolled_back: list[str] = []
-        # Releases refused while the database is away, before the one that goes through.
-        self.releases_refused = 0
+        # Reclaims refused while the database is away, before the one that goes through.
+        self.reclaims_refused = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def release(self, worker: str | None, ids: Any = None) -> int:
-        if (
-            ids is not None
-            and self.releases_refused < 1
-            and isinstance(self.error, DatabaseUnavailable)
-        ):
-            self.releases_refused += 1
+    def reclaim(self, worker: str, lease_seconds: float, held: Any) -> Any:
+        if not self.reclaims_refused and isinstance(self.error, DatabaseUnavailable):
+            self.reclaims_refused += 1
             raise DatabaseUnavailable("the database is still starting up", fix="wait")
-        return self._store.release(worker, ids)
+        return self._store.reclaim(worker, lease_seconds, held)
 
     def write(
         self, worker: str | None, writes: list[InstanceWrite], lease_seconds: float = 30.0
@@ -277,8 +273,8 @@ def test_an_instance_let_go_of_is_taken_up_again_without_waiting_out_its_lease(
     hub: Hub, error: StoreError, committed: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The runner lets go of the instances of a write that did not, or may not have,
-    committed; they are still leased to it in the store. It releases those leases, so the
-    instance goes on at once rather than when its 30-second lease runs out."""
+    committed; they are still leased to it in the store. It takes them up again from what is
+    stored, so the instance goes on at once rather than when its 30-second lease runs out."""
     store = RollingBackStore(hub.processes.store, error, committed)
     caplog.set_level("INFO", logger="charter.engine")
     shown, took, calls = two_tasks_under_a_full_lease(hub, store, "handed")
@@ -286,10 +282,10 @@ def test_an_instance_let_go_of_is_taken_up_again_without_waiting_out_its_lease(
     assert store.rolled_back == [shown["id"]]
     assert shown["status"] == "completed"
     assert took < 5, f"the instance waited {took:.1f} s for its lease"
-    assert "released 1 instances let go of" in caplog.text
+    assert "took up 1 instances leased to this worker" in caplog.text
     if isinstance(error, DatabaseUnavailable):
-        # The first release found the database still away; it was tried again.
-        assert store.releases_refused == 1
+        # The first reclaim found the database still away; it was tried again.
+        assert store.reclaims_refused == 1
     one, two = (f"{shown['id']}:{step}" for step in ("one", "two"))
     # Stored, step one's result stands and the instance goes on with step two; not stored,
     # step one runs again under the same key.
@@ -325,7 +321,7 @@ def test_what_a_lost_claim_leased_is_taken_up_without_waiting_out_its_lease(
     assert store.lost == [shown["id"]]
     assert shown["status"] == "completed"
     assert took < 5, f"the instance waited {took:.1f} s for its lease"
-    assert "took up 1 instances a lost claim had leased" in caplog.text
+    assert "took up 1 instances leased to this worker" in caplog.text
     assert calls == [f"{shown['id']}:one", f"{shown['id']}:two"]
 
 

@@ -170,14 +170,11 @@ class ProcessRunner:
         self._writing: Counter[str] = Counter()
         # An inbox item was left for an instance being written: claim again after.
         self._reread_inbox = False
-        # Instances let go of after a write that did not (or may not) commit: still leased
-        # to this runner in the store, released at the next turn so that they need not
-        # wait for their leases to run out.
-        self._let_go: set[str] = set()
-        # Set when a claim's answer was lost with the connection: it may have leased
-        # instances to this runner that it never heard of; they are taken up at the next
-        # turn (`_reclaim`) rather than when their leases run out.
-        self._claim_lost = False
+        # Set when the store may lease instances to this runner that it does not hold: those
+        # it let go of after a write that did not (or may not) commit, and those of a claim
+        # whose answer was lost with the connection. They are taken up at the next turn
+        # (`_reclaim`) rather than when their leases run out.
+        self._lost_track = False
         self._reclaimed: list[InstanceRecord] = []
         self.transitions = 0
 
@@ -231,9 +228,7 @@ class ProcessRunner:
         try:
             while not self._stopping.is_set():
                 try:
-                    if self._let_go:
-                        await self._release_let_go()
-                    if self._claim_lost:
+                    if self._lost_track:
                         await self._reclaim()
                     worked = await self._tick()
                     if not worked:
@@ -267,29 +262,17 @@ class ProcessRunner:
                 exc,
             )
 
-    async def _release_let_go(self) -> None:
-        """Release the leases of the instances let go of (`_commit`), unless held again."""
-        self._let_go -= self._held.keys()  # claimed again meanwhile: their leases are in use
-        if not self._let_go:
-            return
-        ids = set(self._let_go)
-        released = await asyncio.to_thread(self.store.release, self.name, ids)
-        self._let_go -= ids
-        if released:
-            log.info("released %d instances let go of; whoever claims them goes on", released)
-            self._poked = True  # this runner may claim them itself
-
     async def _reclaim(self) -> None:
-        """Take up what a claim whose answer was lost leased to this runner: the instances
-        leased to it that it neither holds nor is writing. They are held at the next tick,
-        as claimed; one held meanwhile (started here and handed over) stays as it is."""
+        """Take up the instances the store leases to this runner that it neither holds nor
+        is writing (see `_lost_track`), from their stored state. They are held at the next
+        tick, as claimed; one held meanwhile (started here and handed over) stays as it is."""
         known = self._held.keys() | self._writing.keys()
         found = await asyncio.to_thread(
             self.store.reclaim, self.name, self.settings.lease_seconds, known
         )
-        self._claim_lost = False
+        self._lost_track = False
         if found:
-            log.info("took up %d instances a lost claim had leased to this worker", len(found))
+            log.info("took up %d instances leased to this worker that it had let go of", len(found))
             self._reclaimed.extend(found)
             self._wake.set()
 
@@ -367,7 +350,7 @@ class ProcessRunner:
                         self.store.claim, self.name, limit, self.settings.lease_seconds, writing
                     )
                 except DatabaseUnavailable:
-                    self._claim_lost = True  # it may have committed all the same
+                    self._lost_track = True  # the claim may have committed all the same
                     raise
                 now = time.time()
         # Results for instances being written wait for that write; the rest are applied.
@@ -478,8 +461,8 @@ class ProcessRunner:
             self._wake.set()
         if rolled_back is not None:
             # Nothing of the write is known to be stored: let go of its instances, as of a
-            # lost lease, and release them at the next turn (`_release_let_go`); whoever
-            # claims them next goes on from what is stored.
+            # lost lease, and take up those still leased to this runner at the next turn
+            # (`_reclaim`), from what is stored.
             log.warning(
                 "let go of %d instances whose transitions %s committed: %s",
                 len(writes),
@@ -489,7 +472,7 @@ class ProcessRunner:
             for write, held in zip(writes, holds, strict=True):
                 if self._held.get(write.instance.id) is held:
                     self._held.pop(write.instance.id)
-                    self._let_go.add(write.instance.id)
+                    self._lost_track = True
             return
         ended: list[str] = []
         for write, held, outcome in zip(writes, holds, outcomes, strict=True):

@@ -998,8 +998,9 @@ class SqlProcessStore:
         self, worker: str, lease_seconds: float, held: Collection[str]
     ) -> list[InstanceRecord]:
         """The instances leased to ``worker`` that it does not hold (``held``), their leases
-        renewed: those of a claim whose answer was lost with the connection, which the
-        worker never heard of. (A scan of the table: for after a lost connection only.)"""
+        renewed: those it let go of after a write that did not, or may not, commit, and
+        those of a claim whose answer was lost with the connection. (A scan of the table:
+        for after such a failure only.)"""
         with self.store._write() as conn:
             now = self.store._now(conn)
             rows = conn.execute(
@@ -1013,16 +1014,13 @@ class SqlProcessStore:
             ).all()
         return [_record(r) for r in sorted(rows, key=lambda r: str(r.id))]
 
-    def release(self, worker: str | None, ids: Collection[str] | None = None) -> int:
-        """Release the leases of ``worker`` (every lease when None: embedded start-up), or
-        only those of the instances ``ids``."""
+    def release(self, worker: str | None) -> int:
+        """Release the leases of ``worker`` (every lease when None: embedded start-up)."""
         owned = (
             process_instances.c.lease_owner.is_not(None)
             if worker is None
             else process_instances.c.lease_owner == worker
         )
-        if ids is not None:
-            owned = and_(owned, process_instances.c.id.in_(list(ids)))
         with self.store._write() as conn:
             now = self.store._now(conn)
             # A released instance may have calls in flight: make it due at once.
