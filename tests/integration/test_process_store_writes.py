@@ -2,7 +2,8 @@
 that writes only its instance, one that also registers a wait): a worker whose lease another
 worker took over writes nothing, a write the database refuses fails with the store's error,
 naming the cause and the fix, and leaves nothing of the group behind, and a write caught in a
-deadlock is run again. A claim reads the inboxes of what its worker holds and leaves out what
+deadlock is run again. A group of starts answers ``exists`` for a business key already taken,
+under the same id or another. A claim reads the inboxes of what its worker holds and leaves out what
 it is writing, and on PostgreSQL finds what it reads by index, however many instances have
 ended. A worker takes up what is leased to it that it does not hold."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -51,6 +53,27 @@ def test_a_refused_group_write_raises_the_stores_error_and_writes_none_of_it(
     assert "status" in str(raised.value)
     assert raised.value.fix is not None and "bug" in raised.value.fix
     assert processes.get("id-A-1") is None
+
+
+def test_a_group_of_starts_answers_exists_for_a_business_key_already_taken(
+    store: SqlStore,
+) -> None:
+    processes = SqlProcessStore(store)
+    assert processes.write(None, [start("B-1")]) == [WriteResult("ok", "id-B-1")]
+    # B-1 again under its id, and under another (a row whose id was not made from the key).
+    elsewhere = start("B-1")
+    elsewhere = replace(elsewhere, instance=replace(elsewhere.instance, id="id-elsewhere"))
+    group = [start("B-2"), start("B-1"), elsewhere, start("B-3"), start("B-3")]
+    assert processes.write(None, group) == [
+        WriteResult("ok", "id-B-2"),
+        WriteResult("exists", "id-B-1"),
+        WriteResult("exists", "id-B-1"),
+        WriteResult("ok", "id-B-3"),
+        WriteResult("exists", "id-B-3"),
+    ]
+    assert processes.get("id-elsewhere") is None
+    started = [processes.get(f"id-B-{n}") for n in (1, 2, 3)]
+    assert [r.business_key for r in started if r is not None] == ["B-1", "B-2", "B-3"]
 
 
 WAIT = WaitRow(step="ship", system="warehouse", type="shipped", field="order", value="O-1")

@@ -149,6 +149,28 @@ def _changed(w: InstanceWrite, worker: str | None, now: float, lease: float) -> 
     )
 
 
+def _insert_sqlite(conn: Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+    """Insert new instance ``rows`` (values of ``_INSTANCE_COLUMNS``) on SQLite, whose write
+    lock the transaction holds; the ids inserted.
+
+    An id is made from the process and business key (`instance_id`), so a stored id is a
+    key already taken. A row whose key is taken under another id is skipped by the insert
+    too; then the ids that went in are read back."""
+    taken = _stored(conn, [row[0] for row in rows])
+    fresh = [row for row in rows if row[0] not in taken]
+    if not fresh:
+        return set()
+    if conn.exec_driver_sql(_INSERT_INSTANCES_SQLITE, fresh).rowcount == len(fresh):
+        return {row[0] for row in fresh}
+    return _stored(conn, [row[0] for row in fresh])
+
+
+def _stored(conn: Connection, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are stored (SQLite)."""
+    found = conn.exec_driver_sql(_STORED_SQLITE, (_json(ids),)).scalar_one()
+    return {str(ident) for ident in orjson.loads(found)}
+
+
 def _float(value: float | None) -> float | None:
     """A time as a float: a PostgreSQL array takes the type of its first element."""
     return None if value is None else float(value)
@@ -187,6 +209,11 @@ _INSERT_HISTORY = (
     "INSERT INTO process_history (instance_id, at, what, entries) "
     f"VALUES (?, ?, '{_TRANSITION}', ?)"
 )
+# Of some ids, those stored (SQLite, ahead of a group of starts): one row, a JSON array.
+_STORED_SQLITE = (
+    "SELECT json_group_array(id) FROM process_instances "
+    "WHERE id IN (SELECT value FROM json_each(?))"
+)
 # New instances, as a group of starts inserts them.
 _INSTANCE_COLUMNS = (
     "id",
@@ -197,6 +224,13 @@ _INSTANCE_COLUMNS = (
     "parent_step",
     "created_at",
     *_CHANGED_COLUMNS,
+)
+# A group of starts' new instances on SQLite, run as an executemany of plain tuples (see
+# `_insert_sqlite`): SQLAlchemy's insert of many rows with RETURNING, which PostgreSQL and
+# `_write_one` still use, cost the group more CPU than the rest of its write.
+_INSERT_INSTANCES_SQLITE = (
+    f"INSERT INTO process_instances ({', '.join(_INSTANCE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))}) ON CONFLICT DO NOTHING"
 )
 # A timeline as a write outside a group (`_write_one`) inserts it on PostgreSQL: one
 # statement over arrays (unnest, binary), the rows in the order given, the order a timeline
@@ -687,11 +721,14 @@ class SqlProcessStore:
         rows = [
             (*_identity(w.instance), now, *_changed(w, worker, now, lease)) for w in first.values()
         ]
-        found = conn.execute(
-            self._insert_instances,
-            [dict(zip(_INSTANCE_COLUMNS, row, strict=True)) for row in rows],
-        ).scalars()
-        inserted = {str(x) for x in found}
+        if self.store.is_postgres:
+            found = conn.execute(
+                self._insert_instances,
+                [dict(zip(_INSTANCE_COLUMNS, row, strict=True)) for row in rows],
+            ).scalars()
+            inserted = {str(x) for x in found}
+        else:
+            inserted = _insert_sqlite(conn, rows)
         done = [w for ident, w in first.items() if ident in inserted]
         self._rows_of(conn, done, now, lease)
         results: dict[int, WriteResult] = {}
