@@ -198,7 +198,9 @@ def test_a_worker_whose_database_connections_are_cut_goes_on_once_it_answers(
     tries again instead of stopping, and everything acknowledged is done once, in the end."""
     (project_dir / "processes").mkdir(exist_ok=True)
     (project_dir / "processes" / "nap.yaml").write_text(NAP)
-    erp.fault(latency_ms=20)
+    # Slow enough that the worker is still delivering (writing results every few hundred
+    # milliseconds, on connections too recently used to be pinged) while the cuts come.
+    erp.fault(latency_ms=500)
     events = deals(600)
     with ExitStack() as stack:
         server = stack.enter_context(
@@ -214,6 +216,8 @@ def test_a_worker_whose_database_connections_are_cut_goes_on_once_it_answers(
                     "/v1/processes/nap/instances", json={"business_key": f"nap-{n}", "input": {}}
                 )
                 assert started.status_code == 201, started.text
+        before = server.stats()["deliveries"]
+        assert before["pending"] > 0, f"the work ended before the cuts: {before}"
         cut = 0
         for _ in range(5):
             cut += cut_connections(pg_url)
