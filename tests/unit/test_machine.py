@@ -295,6 +295,22 @@ def test_a_transform_maps_the_context_at_once_without_commands() -> None:
     assert run.effects() == []
 
 
+def test_a_start_keeps_its_own_copy_of_the_input() -> None:
+    definition = process(
+        """
+        steps:
+          - id: pause
+            sleep: {for: 1m}
+        """
+    )
+    given = {"order": {"lines": [1, 2]}}
+    transition = start_instance(definition, "inst-1", "deal-42", given, 0.0)
+    given["order"]["lines"].append(3)
+    transition.state["context"]["input"]["order"]["lines"].append(4)
+    assert given == {"order": {"lines": [1, 2, 3]}}
+    assert transition.state["context"]["input"] == {"order": {"lines": [1, 2, 4]}}
+
+
 # sleep --------------------------------------------------------------------------
 
 

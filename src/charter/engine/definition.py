@@ -15,6 +15,9 @@ from charter.mapping.paths import Path, lookup, parse_path
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
+# The kinds of step that act on the world: a call to a system, a task handler.
+EFFECT_KINDS = frozenset({"call", "task"})
+
 
 class Condition:
     """A JSONata condition over the context, true when it yields a truthy value."""
@@ -71,6 +74,8 @@ class CompiledStep:
     # The step's kind and id, read on every transition: worked out once here.
     kind: str = ""
     id: str = ""
+    # Whether steps are nested in it (a switch, a parallel, a wait with a timeout path).
+    composite: bool = False
 
 
 def _fields(rules: dict[str, FieldRule] | None, owner: str) -> CompiledFields | None:
@@ -85,6 +90,12 @@ class Definition:
         self.key = f"{spec.name}@{spec.version}"
         self.steps: dict[str, CompiledStep] = {}
         self._index(spec.steps, None)
+        # What every transition reads: the top-level sequence, and the steps that make a
+        # call or run a task (an instance with one of them running is busy, not waiting).
+        self.sequence = [step.id for step in spec.steps]
+        self.effect_steps = tuple(
+            sid for sid, step in self.steps.items() if step.kind in EFFECT_KINDS
+        )
 
     def _index(self, steps: list[StepSpec], parent: str | None) -> None:
         for step in steps:
@@ -125,6 +136,7 @@ class Definition:
             spec=step,
             kind=step.kind,
             id=step.id,
+            composite=bool(step.children()),
             parent=parent,
             retry=step.retry or self.spec.retry,
             output=_fields(step.output, owner),

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from charter.catalog.model import RetryPolicy
-from charter.engine.definition import CompiledStep, Definition
+from charter.engine.definition import EFFECT_KINDS, CompiledStep, Definition
 from charter.engine.messages import (
     Approved,
     Call,
@@ -71,7 +71,6 @@ SKIPPED = "skipped"
 UNDOING = "compensating"
 UNDONE = "compensated"
 SETTLED = frozenset({DONE, SKIPPED, UNDONE})
-EFFECT_KINDS = frozenset({"call", "task"})
 
 # Outcomes of driving a sequence.
 _SEQ_DONE, _SEQ_BLOCKED, _SEQ_FAILED = "done", "blocked", "failed"
@@ -184,7 +183,9 @@ class _Run:
         entry: dict[str, Any] = {"at": self.now, "what": what}
         if step is not None:
             entry["step"] = step
-        entry.update({k: v for k, v in detail.items() if v is not None})
+        for name, value in detail.items():
+            if value is not None:
+                entry[name] = value
         self.history.append(entry)
 
     def st(self, step: str) -> dict[str, Any]:
@@ -210,16 +211,19 @@ class _Run:
             return
         if self.s["status"] not in (RUNNING, WAITING):
             return
-        outcome = self.drive_sequence([s.id for s in self.d.spec.steps])
+        outcome = self.drive_sequence(self.d.sequence)
         if self.s["status"] not in (RUNNING, WAITING):
             return
         if outcome == _SEQ_DONE:
             self.finish(COMPLETED, None)
         else:
-            busy = any(
-                self.status_of(sid) == STEP_RUNNING and c.kind in EFFECT_KINDS
-                for sid, c in self.d.steps.items()
-            )
+            steps = self.s["steps"]
+            busy = False
+            for sid in self.d.effect_steps:
+                entry = steps.get(sid)
+                if entry is not None and entry["status"] == STEP_RUNNING:
+                    busy = True
+                    break
             self.s["status"] = RUNNING if busy else WAITING
 
     def drive_sequence(self, ids: list[str]) -> str:
@@ -231,7 +235,7 @@ class _Run:
                 if self.s["status"] not in (RUNNING, WAITING):
                     return _SEQ_FAILED
                 status = self.status_of(sid)
-            if status in (STEP_RUNNING, TIMED_OUT) and step.spec.children():
+            if step.composite and status in (STEP_RUNNING, TIMED_OUT):
                 status = self.drive_composite(step)
             if status in SETTLED:
                 continue
@@ -822,7 +826,9 @@ def start(
     definition: Definition, instance: str, business_key: str, input_: Any, now: float
 ) -> Transition:
     """The first transition of a new instance."""
-    run = _Run(definition, new_state(instance, business_key, input_), now)
+    # The state is new but for the input, which is copied: the caller may keep it.
+    state = new_state(instance, business_key, orjson.loads(orjson.dumps(input_)))
+    run = _Run(definition, state, now, copy=False)
     run.log(None, "started", process=definition.key, key=business_key)
     run.drive()
     return run.done()
@@ -856,7 +862,10 @@ def advance(
 
 def due_timers(state: dict[str, Any], now: float) -> list[TimerFired]:
     """The timers of ``state`` due at ``now``, earliest first."""
-    due = sorted((at, name) for name, at in state["timers"].items() if at <= now)
+    timers: dict[str, float] = state["timers"]
+    if not timers:
+        return []
+    due = sorted((at, name) for name, at in timers.items() if at <= now)
     return [TimerFired(name, now) for _, name in due]
 
 

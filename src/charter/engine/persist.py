@@ -46,6 +46,8 @@ def correlation_value(value: Any) -> str:
 
 
 def wait_rows(state: dict[str, Any]) -> list[WaitRow]:
+    if not state["waits"]:
+        return []
     return [
         WaitRow(
             step=step,

@@ -393,7 +393,7 @@ class ProcessRunner:
                 held.in_flight.discard(token)
                 touched.setdefault(instance, ([], []))[0].append(event)
         for instance, held in self._held.items():
-            if instance in self._writing:
+            if not held.record.state["timers"] or instance in self._writing:
                 continue
             due = machine.due_timers(held.record.state, now)
             if due:

@@ -686,10 +686,9 @@ class SqlProcessStore:
     ) -> dict[int, WriteResult]:
         """Transitions of the instances this worker leases (``owned``), a few statements for
         all of them."""
-        results = {n: WriteResult("lost", w.instance.id) for n, w in updates}
         done = [w for _, w in updates if w.instance.id in owned]
         if not done:
-            return results
+            return {n: WriteResult("lost", w.instance.id) for n, w in updates}
         self._consume(conn, [item for w in done for item in w.consumed])
         self._many(
             conn,
@@ -700,10 +699,10 @@ class SqlProcessStore:
         if stale:
             conn.execute(delete(process_waits).where(process_waits.c.instance_id.in_(stale)))
         self._rows_of(conn, done, now, lease)
-        for n, w in updates:
-            if w.instance.id in owned:
-                results[n] = WriteResult("ok", w.instance.id)
-        return results
+        return {
+            n: WriteResult("ok" if w.instance.id in owned else "lost", w.instance.id)
+            for n, w in updates
+        }
 
     def _insert_many(
         self,
