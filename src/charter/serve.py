@@ -218,6 +218,9 @@ def _serve(
         http="httptools",
         log_level="warning",
         access_log=False,
+        # Nothing reads a request's client address or scheme, so the middleware that
+        # rewrites them from X-Forwarded-* headers would be work on every request for naught.
+        proxy_headers=False,
         timeout_graceful_shutdown=15,
     )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under

@@ -416,8 +416,10 @@ class _Run:
         self.log(step.id, "completed")
 
     def clear_timers(self, step: str) -> None:
-        for prefix in ("retry", "sleep", "timeout"):
-            self.s["timers"].pop(f"{prefix}:{step}", None)
+        timers = self.s["timers"]
+        if timers:
+            for prefix in ("retry", "sleep", "timeout"):
+                timers.pop(f"{prefix}:{step}", None)
 
     def fail(
         self, step: CompiledStep, error: str, *, retryable: bool, retry_after: float | None

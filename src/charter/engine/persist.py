@@ -118,23 +118,25 @@ class Planner:
         state = transition.state
         definition = self.definitions.get(record.process, record.version)
         effects = machine.outstanding(definition, state)
-        updated = InstanceRecord(
-            id=record.id,
-            process=record.process,
-            version=record.version,
-            business_key=record.business_key,
-            status=state["status"],
-            state=state,
-            parent_id=record.parent_id,
-            parent_step=record.parent_step,
-        )
+        updated = record
+        if record.state is not state or record.status != state["status"]:
+            updated = InstanceRecord(
+                id=record.id,
+                process=record.process,
+                version=record.version,
+                business_key=record.business_key,
+                status=state["status"],
+                state=state,
+                parent_id=record.parent_id,
+                parent_step=record.parent_step,
+            )
         # With effects in flight the instance is due at once: if this worker dies,
         # whoever takes the lease over issues them again.
         wake = now if effects else machine.next_wake(state)
         waits = wait_rows(state)
         if waits_before is None:
             waits_before = [] if new else wait_rows(record.state)
-        before = set(waits_before)
+        before = set(waits_before) if waits and waits_before else ()
         write = InstanceWrite(
             instance=updated,
             new=new,
@@ -143,7 +145,7 @@ class Planner:
             history=transition.history,
             waits=waits,
             new_waits=[w for w in waits if w not in before],
-            had_waits=bool(before),
+            had_waits=bool(waits_before),
             consumed=consumed or [],
             effects=effects,
         )

@@ -757,7 +757,8 @@ class SqlProcessStore:
         if waits:
             conn.execute(self._insert_waits, waits)
         for w in done:
-            self._side_effects(conn, w, now, lease)
+            if w.new_waits or w.escalations or w.children or w.parent_message is not None:
+                self._side_effects(conn, w, now, lease)
 
     def _many(self, conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
         """Run ``statement`` for every row: on PostgreSQL once, with a column per parameter."""
