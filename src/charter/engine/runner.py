@@ -143,6 +143,8 @@ class ProcessRunner:
         self.planner = Planner(definitions)
         self.connectors = connectors
         self.tasks = tasks
+        # Whether each handler is a coroutine function, asked once (inspect's answer costs).
+        self._asynchronous: dict[TaskHandler, bool] = {}
         self.name = name
         self.settings = settings or RunnerSettings()
         self._writes_in_flight = self.settings.writes_in_flight or (
@@ -600,7 +602,10 @@ class ProcessRunner:
         context = TaskContext(
             instance, command.step, command.attempt, command.idempotency_key, command.compensation
         )
-        if is_async(handler):
+        asynchronous = self._asynchronous.get(handler)
+        if asynchronous is None:
+            asynchronous = self._asynchronous[handler] = is_async(handler)
+        if asynchronous:
             run = handler(command.input, context)
             return await (asyncio.wait_for(run, command.timeout) if command.timeout else run)
         return await asyncio.to_thread(handler, command.input, context)
