@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,7 @@ from charter.engine.messages import (
     Terminate,
     TimerFired,
 )
+from charter.engine.persist import INSTANCE_NAMESPACE, instance_id
 
 HEADER = """\
 name: order-to-cash
@@ -1323,3 +1325,12 @@ def test_the_state_is_plain_json() -> None:
     run = saga_at_notify()
     run.send(failed("notify"))
     assert orjson.loads(orjson.dumps(run.state)) == run.state
+
+
+@pytest.mark.parametrize("key", ["deal-42", "", "ü-ñ", "x" * 300])
+def test_an_instance_id_is_the_uuid5_of_process_and_business_key(key: str) -> None:
+    # Stored ids must not change from one release to the next: a retried start finds its id.
+    expected = uuid.uuid5(INSTANCE_NAMESPACE, f"order-to-cash\x00{key}")
+    assert instance_id("order-to-cash", key) == str(expected)
+    assert instance_id("order-to-cash", key) == instance_id("order-to-cash", key)
+    assert instance_id("order-to-cash", key) != instance_id("order-to-cas", f"h\x00{key}")

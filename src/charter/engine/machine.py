@@ -884,20 +884,24 @@ def outstanding(definition: Definition, state: dict[str, Any]) -> list[Command]:
     """
     if state["status"] in TERMINAL:
         return []
-    steps: dict[str, Any] = state["steps"]
-    if not any(e["status"] in (STEP_RUNNING, UNDOING) for e in steps.values()):
+    running: list[tuple[str, dict[str, Any]]] = []
+    for sid, entry in state["steps"].items():
+        status = entry["status"]
+        if status == STEP_RUNNING:
+            running.append((sid, entry))
+        elif status == UNDOING:
+            return _outstanding_undoing(definition, state)
+    if not running:
         return []
-    if any(e["status"] == UNDOING for e in steps.values()):
-        return _outstanding_undoing(definition, state)
     # Calls and tasks only: each is built from its attempt and the context, as it was
     # issued. Bodies and inputs are copied, so that what a handler does with its input
     # cannot reach the state.
     context = state["context"]
     instance = str(context["instance"]["id"])
     commands: list[Command] = []
-    for sid, entry in steps.items():
+    for sid, entry in running:
         step = definition.steps.get(sid)
-        if step is None or entry["status"] != STEP_RUNNING or step.kind not in EFFECT_KINDS:
+        if step is None or step.kind not in EFFECT_KINDS:
             continue
         command = _effect(step, int(entry["attempt"]), context, f"{instance}:{sid}")
         if isinstance(command, Call) and command.body is not None:

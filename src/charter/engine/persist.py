@@ -25,15 +25,17 @@ INSTANCE_NAMESPACE = uuid.UUID("a9d3c1f0-4b7e-4f6a-8c2d-1e5b9f3a7c64")
 def instance_id(process: str, business_key: str) -> str:
     """``uuid5(INSTANCE_NAMESPACE, process NUL business key)``, as text, without building the
     intermediate UUID objects (every start asks for one)."""
-    name = f"{process}\x00{business_key}".encode()
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    hashed = _NAMESPACE_HASH.copy()
+    hashed.update(f"{process}\x00{business_key}".encode())
+    digest = bytearray(hashed.digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_NAMESPACE_BYTES = INSTANCE_NAMESPACE.bytes
+# The namespace hashed once; each id continues from a copy.
+_NAMESPACE_HASH = hashlib.sha1(INSTANCE_NAMESPACE.bytes, usedforsecurity=False)
 
 
 def correlation_value(value: Any) -> str:
