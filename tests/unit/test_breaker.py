@@ -272,3 +272,46 @@ def test_a_call_admitted_before_it_opened_does_not_go_out_after_waiting_for_quot
         assert target.calls == 1
 
     asyncio.run(scenario())
+
+
+def test_calls_made_while_a_sync_is_under_way_wait_for_its_answer(project_dir: object) -> None:
+    class SlowState(LocalState):
+        """Shared state whose read-back waits until ``answer`` is set (a loaded database)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.answer = asyncio.Event()
+
+        async def observe(
+            self, key: BreakerKey, policy: BreakerPolicy, tally: Tally, worker: str
+        ) -> BreakerRecord:
+            await self.answer.wait()
+            return await super().observe(key, policy, tally, worker)
+
+    async def scenario() -> None:
+        project = load_project(project_dir)  # type: ignore[arg-type]
+        project.systems["erp"] = project.systems["erp"].model_copy(
+            update={"breaker": Breaker(failures=3, open_for=60), "quota": None}
+        )
+        shared = SlowState()
+        shared.answer.set()
+        target = Flaky()
+        target.down = False
+        guarded = Resilience(project, shared, "w1").guard({"erp": target})["erp"]
+        assert (await guarded.call(request())).status_code == 201
+        # Another worker opens the breaker; this worker's view of it goes stale.
+        shared.records[BreakerKey("erp")] = opened(time.time())
+        await asyncio.sleep(0.3)
+        shared.answer.clear()
+        first = asyncio.create_task(guarded.call(request()))  # starts a sync that waits
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(guarded.call(request()))  # arrives during it
+        await asyncio.sleep(0.05)
+        assert target.calls == 1
+        shared.answer.set()
+        for call in (first, second):
+            with pytest.raises(Deferred):
+                await call
+        assert target.calls == 1
+
+    asyncio.run(scenario())

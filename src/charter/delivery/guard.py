@@ -126,7 +126,10 @@ class CircuitBreaker:
             # One round trip per SYNC_S per system and worker: another worker may have
             # opened the breaker, and a stale view must not let calls through.
             self._sync_soon()
-            assert self._syncing is not None
+        if self._syncing is not None and not self._syncing.done():
+            # A sync is under way (this call's, an earlier one's, or one a run of failures
+            # started): its answer decides, not the view it replaces. Calls arriving while
+            # it waits for the database would otherwise all go out on the stale view.
             await asyncio.shield(self._syncing)
             now = self.clock()
         if self.view.state is BreakerState.CLOSED:
