@@ -20,7 +20,7 @@ from charter.delivery.breaker import (
     observe,
     probe_result,
 )
-from charter.delivery.guard import Deferred, Resilience
+from charter.delivery.guard import SYNC_S, Deferred, Resilience
 from charter.delivery.shared import LocalState
 from charter.errors import TargetRejected, TargetUnavailable
 from charter.store.resilience import BreakerKey
@@ -301,7 +301,7 @@ def test_calls_made_while_a_sync_is_under_way_wait_for_its_answer(project_dir: o
         assert (await guarded.call(request())).status_code == 201
         # Another worker opens the breaker; this worker's view of it goes stale.
         shared.records[BreakerKey("erp")] = opened(time.time())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(SYNC_S + 0.05)
         shared.answer.clear()
         first = asyncio.create_task(guarded.call(request()))  # starts a sync that waits
         await asyncio.sleep(0.05)
