@@ -10,6 +10,7 @@ import importlib.resources
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import threading
@@ -47,6 +48,13 @@ STARTED = time.monotonic()
 def progress(message: str) -> None:
     """A progress line on stderr, stamped with the seconds since the bench started."""
     err.print(f"{time.monotonic() - STARTED:6.1f} s  {message}")
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM end the bench as Ctrl-C does: its ``finally`` blocks and context managers
+    run, so the processes it started are stopped and its databases and folders removed
+    (Python's default for SIGTERM ends at once, leaving them behind)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 class BenchFailed(Exception):

@@ -103,6 +103,7 @@ from _harness import (
     check_postgres,
     copy_starter,
     err,
+    exit_on_sigterm,
     fresh_database,
     kinds_of,
     out,
@@ -587,6 +588,7 @@ def dbos_version() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     args = parse_args(argv)
     base = QUICK if args.quick else FULL
     sizes = Sizes(

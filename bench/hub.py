@@ -64,6 +64,7 @@ from _harness import (
     bench_parser,
     copy_starter,
     err,
+    exit_on_sigterm,
     figures_table,
     fresh_database,
     kinds_of,
@@ -442,6 +443,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     args = parse_args(argv)
     base = QUICK if args.quick else FULL
     sizes = Sizes(

@@ -52,6 +52,7 @@ from _harness import (
     bench_parser,
     copy_starter,
     err,
+    exit_on_sigterm,
     figures_table,
     fresh_database,
     kinds_of,
@@ -225,6 +226,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     args = parse_args(argv)
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     lookups = args.lookups or (QUICK_LOOKUPS if args.quick else FULL_LOOKUPS)

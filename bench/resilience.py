@@ -56,6 +56,7 @@ from _harness import (
     bench_parser,
     copy_starter,
     err,
+    exit_on_sigterm,
     figures_table,
     fresh_database,
     kinds_of,
@@ -257,6 +258,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     args = parse_args(argv)
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     runs = args.runs or (QUICK_RUNS if args.quick else FULL_RUNS)
