@@ -5,18 +5,18 @@ runs it: ``charter up`` on SQLite, ``charter server`` plus ``charter worker``
 on PostgreSQL, each in a child process on a fresh database, with instances
 started through the API. Four variants are measured:
 
-- ``noop`` (the headline, the one the targets apply to): three ``call``
-  steps, each a POST to the no-op target simulator, which answers ``200 {}``
-  at once. Every step is committed before its call and again with its result,
-  as DBOS checkpoints each step, so this is the like-for-like comparison,
-  with an HTTP round trip per step that DBOS's in-process steps do not make;
+- ``noop-task`` (the headline, the one the targets apply to): three ``task``
+  steps, each a registered ``async`` handler that returns ``{}``, committed
+  before it runs and again with its result. This is DBOS's workload: three
+  no-op steps run in the engine's process, each checkpointed;
+- ``noop``: three ``call`` steps, each a POST to the no-op target simulator,
+  which answers ``200 {}`` at once, committed before its call and again with
+  its result. It adds an HTTP round trip per step to a simulator in another
+  process on the same cores, which DBOS's steps do not make (its ratios are
+  reported as ``ratio_call_instances`` and ``ratio_call_p99``);
 - ``noop`` again with batched starts: the same instances started through
   ``POST /v1/processes/{name}/instances/batch``, 50 per request over 4
   connections, which takes the API's per-request cost off the engine;
-- ``noop-task``: three ``task`` steps, each a registered ``async`` handler
-  that returns ``{}``, committed before it runs and again with its result:
-  DBOS's workload without the HTTP calls (its ratios are reported as
-  ``ratio_task_instances`` and ``ratio_task_p99``);
 - ``noop-transform``: three ``transform`` steps, which the engine runs inside
   the start's own transaction: the engine alone, with no worker involved
   (left out by ``--quick`` unless ``--steps transform`` or ``all``).
@@ -46,7 +46,7 @@ For each engine and database it measures:
 - ``peak_rss_mb``: the largest summed resident set of the engine's processes
   (both ``charter server`` and ``charter worker`` on PostgreSQL), sampled
   every 50 ms through both phases;
-- ``ratio_instances`` and ``ratio_p99``: Charter's median (call steps) ÷
+- ``ratio_instances`` and ``ratio_p99``: Charter's median (task steps) ÷
   DBOS's. The targets: instances/s at least 40 times DBOS's on SQLite and 20
   times on PostgreSQL, and a p99 no worse than DBOS's (a ratio of at most 1).
 
@@ -57,14 +57,17 @@ and database, after the throughput phase.
 Usage::
 
     python bench/engine.py [--quick] [--db sqlite|postgresql|both]
-                           [--steps call|batch|task|transform|all] [--instances N]
+                           [--steps task|call|batch|transform|all] [--instances N]
                            [--sequential N] [--runs R]
 
-Progress goes to stderr; stdout carries one table per database and, as its
-last line, one JSON object: ``{"quick", "runs", "sizes", "dbos_version",
-"targets", "sqlite": {"charter": {figure: median}, "charter_transform": {...},
-"charter_batch": {...}, "dbos": {...}, "ratio_instances", "ratio_batch_instances",
-"ratio_transform_instances", "ratio_p99",
+Progress goes to stderr; stdout carries, per database, a table of task steps
+against DBOS with the targets, and one of Charter's other processes that ran
+(a row each, medians and ratios to DBOS), and, as its last line, one JSON
+object: ``{"quick", "runs", "sizes", "dbos_version", "targets", "sqlite":
+{"charter_task": {figure: median}, "charter": {...}, "charter_batch": {...},
+"charter_transform": {...}, "dbos": {...},
+"ratio_instances", "ratio_p99", "ratio_call_instances", "ratio_call_p99",
+"ratio_batch_instances", "ratio_transform_instances", "ratio_transform_p99",
 "met": {target: bool}, "runs": [...]}, "postgresql": {...}}``. The exit code
 is 0 when the run completed, targets met or not; 1 when it could not
 (instances stuck or failed, counts that disagree, a process that failed); 2
@@ -130,9 +133,9 @@ JSON_TYPE = {"content-type": "application/json"}
 # Charter's two processes, by the kind of their steps, and the engines in a table's columns.
 PROCESSES = {"call": "noop", "batch": "noop", "task": "noop-task", "transform": "noop-transform"}
 ENGINES = {
+    "charter_task": "Charter, task steps",
     "charter": "Charter, call steps",
     "charter_batch": "Charter, call steps, batched starts",
-    "charter_task": "Charter, task steps",
     "charter_transform": "Charter, transform steps",
     "dbos": f"DBOS {DBOS_VERSION}",
 }
@@ -480,18 +483,16 @@ def measure(
 def ratios(run: dict[str, dict[str, float]]) -> dict[str, float]:
     dbos = run["dbos"]
     found: dict[str, float] = {}
+    if "charter_task" in run:
+        found["ratio_instances"] = run["charter_task"]["instances_per_s"] / dbos["instances_per_s"]
+        found["ratio_p99"] = run["charter_task"]["p99_ms"] / dbos["p99_ms"]
     if "charter" in run:
-        found["ratio_instances"] = run["charter"]["instances_per_s"] / dbos["instances_per_s"]
-        found["ratio_p99"] = run["charter"]["p99_ms"] / dbos["p99_ms"]
+        found["ratio_call_instances"] = run["charter"]["instances_per_s"] / dbos["instances_per_s"]
+        found["ratio_call_p99"] = run["charter"]["p99_ms"] / dbos["p99_ms"]
     if "charter_batch" in run:
         found["ratio_batch_instances"] = (
             run["charter_batch"]["instances_per_s"] / dbos["instances_per_s"]
         )
-    if "charter_task" in run:
-        found["ratio_task_instances"] = (
-            run["charter_task"]["instances_per_s"] / dbos["instances_per_s"]
-        )
-        found["ratio_task_p99"] = run["charter_task"]["p99_ms"] / dbos["p99_ms"]
     if "charter_transform" in run:
         found["ratio_transform_instances"] = (
             run["charter_transform"]["instances_per_s"] / dbos["instances_per_s"]
@@ -537,21 +538,22 @@ def cell(summary: dict[str, Any], engine: str, figure: Figure) -> str:
 
 
 def table(kind: str, summary: dict[str, Any], runs: int) -> Table:
+    """Task steps against DBOS, figure by figure, with the targets."""
     title = f"Process engine on {kind}" + (f" (median of {runs} runs, range)" if runs > 1 else "")
     grid = Table(title=title, title_justify="left")
     grid.add_column("figure")
     grid.add_column("unit")
-    engines = [e for e in ENGINES if e in summary]
+    engines = [e for e in ("charter_task", "dbos") if e in summary]
     for engine in engines:
         grid.add_column(ENGINES[engine], justify="right")
-    grid.add_column("call ÷ DBOS", justify="right")
+    grid.add_column("Charter ÷ DBOS", justify="right")
     grid.add_column("target", justify="right")
     grid.add_column("met")
     targets = targets_for(kind)
     for figure in FIGURES:
         cells = [figure.label, figure.unit] + [cell(summary, e, figure) for e in engines]
-        if "charter" in summary:
-            ratio = summary["charter"][figure.key] / summary["dbos"][figure.key]
+        if "charter_task" in summary:
+            ratio = summary["charter_task"][figure.key] / summary["dbos"][figure.key]
             cells.append(f"{ratio:,.2f}x")
         else:
             cells.append("")
@@ -565,14 +567,41 @@ def table(kind: str, summary: dict[str, Any], runs: int) -> Table:
     return grid
 
 
+def variants_table(kind: str, summary: dict[str, Any]) -> Table | None:
+    """Charter's other processes, one row each, their medians beside DBOS's; None if none ran."""
+    variants = [e for e in ("charter", "charter_batch", "charter_transform") if e in summary]
+    if not variants:
+        return None
+    dbos = summary["dbos"]
+    grid = Table(title=f"Other processes on {kind} (medians)", title_justify="left")
+    for heading in ("process", "instances/s", "÷ DBOS", "p50 ms", "p99 ms", "p99 ÷ DBOS"):
+        grid.add_column(heading, justify="left" if heading == "process" else "right")
+    grid.add_column("CPU % of a core", justify="right")
+    grid.add_column("peak RSS MiB", justify="right")
+    for engine in [*variants, "dbos"]:
+        figures = summary[engine]
+        ratios = engine != "dbos"
+        grid.add_row(
+            ENGINES[engine],
+            f"{figures['instances_per_s']:,.0f}",
+            f"{figures['instances_per_s'] / dbos['instances_per_s']:,.2f}x" if ratios else "",
+            f"{figures['p50_ms']:,.1f}",
+            f"{figures['p99_ms']:,.1f}",
+            f"{figures['p99_ms'] / dbos['p99_ms']:,.2f}x" if ratios else "",
+            f"{figures['cpu_pct']:,.0f}",
+            f"{figures['peak_rss_mb']:,.1f}",
+        )
+    return grid
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = bench_parser(__doc__)
     parser.add_argument(
         "--steps",
         choices=("call", "batch", "task", "transform", "all"),
-        help="Charter's process: call steps started one per request (the targets' figure), "
-        "the same started in batches, transform steps, or all (the default; call and batch "
-        "with --quick)",
+        help="Charter's process: task steps (the targets' figure), call steps started one per "
+        "request, the same started in batches, transform steps, or all (the default; all but "
+        "transform with --quick)",
     )
     parser.add_argument("--instances", type=positive, help="instances in the throughput phase")
     parser.add_argument("--sequential", type=positive, help="instances in the latency phase")
@@ -597,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     kinds = kinds_of(args)
     chosen = args.steps or ("quick" if args.quick else "all")
-    steps = {"all": ["call", "batch", "task", "transform"], "quick": ["call", "batch", "task"]}.get(
+    steps = {"all": ["task", "call", "batch", "transform"], "quick": ["task", "call", "batch"]}.get(
         chosen, [chosen]
     )
     version = dbos_version()
@@ -633,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {kind: summarise(kind, runs) for kind, runs in results.items()}
     for kind, summary in summaries.items():
         out.print(table(kind, summary, args.runs))
+        if (variants := variants_table(kind, summary)) is not None:
+            out.print(variants)
     err.print(f"took {time.monotonic() - started:.1f} s")
     report = {
         "quick": args.quick,
