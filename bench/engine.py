@@ -598,7 +598,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = bench_parser(__doc__)
     parser.add_argument(
         "--steps",
-        choices=("call", "batch", "task", "transform", "all"),
+        choices=("task", "call", "batch", "transform", "all"),
         help="Charter's process: task steps (the targets' figure), call steps started one per "
         "request, the same started in batches, transform steps, or all (the default; all but "
         "transform with --quick)",
