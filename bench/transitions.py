@@ -43,6 +43,7 @@ from _harness import (
     BenchFailed,
     Figure,
     err,
+    exit_on_sigterm,
     out,
     positive,
     progress,
@@ -147,6 +148,7 @@ def table(summary: dict[str, float], runs: list[dict[str, float]]) -> Table:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=positive, default=2_000)
     parser.add_argument("--runs", type=positive, default=5)
